@@ -1,0 +1,61 @@
+# cdpswitch developer entry points. `make serve` and `make test` set everything up.
+
+PY ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.stamp
+# The editable install maps each top-level package found at install time, so a package that
+# gains its __init__.py later (or a new one) must trigger a reinstall as well.
+PACKAGES := switch target volume_manager policies
+PACKAGE_INITS := $(wildcard $(addsuffix /__init__.py,$(PACKAGES)))
+
+# Debian packages the tests need (space separated). Empty is fine: `deps` then does nothing.
+DEB_PACKAGES ?=
+
+# Root needs no sudo; anyone else gets it prefixed.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+PYTEST_ARGS ?=
+
+.PHONY: venv deps lint test test-fast serve bench clean
+
+venv: $(STAMP)
+
+# Reruns only when pyproject.toml changes or a top-level package appears. Never upgrades pip
+# or packages that are already satisfied.
+$(STAMP): pyproject.toml $(PACKAGE_INITS)
+	[ -x $(VPY) ] || $(PY) -m venv $(VENV)
+	$(VPY) -m pip install -e '.[test]'
+	touch $@
+
+deps:
+	@missing=""; \
+	for p in $(DEB_PACKAGES); do \
+		dpkg -s "$$p" 2>/dev/null | grep -q '^Status: install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		$(SUDO) apt-get update && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y --no-install-recommends $$missing; \
+	fi
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+test: venv deps
+	$(VENV)/bin/ruff check .
+	$(VPY) -m pytest $(PYTEST_ARGS)
+
+test-fast: venv deps
+	$(VPY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+serve: venv
+	$(VENV)/bin/cdpswitch serve
+
+bench: venv
+	$(VPY) bench/engine.py
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .hypothesis .ruff_cache .mypy_cache
+	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +

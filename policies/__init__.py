@@ -1,0 +1,1 @@
+"""YAML retention policies: the schema, and pure decisions (timeline + policy + now -> actions)."""

@@ -1,0 +1,1 @@
+"""LIO configuration through rtslib-fb and the TCMU ring handler (uio mmap)."""

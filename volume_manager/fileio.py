@@ -1,0 +1,133 @@
+"""The file layer: every byte the engine reads or writes goes through here.
+
+Keeping the engine's file I/O behind this narrow interface lets the power-loss
+tests swap in a crash simulator (``tests/volume_manager/crashsim.py``) that
+records writes and syncs and produces the states a power cut can leave. The
+real implementation, :class:`OsFiles`, is a set of thin aliases for ``os``
+calls so the hot path pays no extra layer (``pread``/``pwrite`` are the ``os``
+functions themselves).
+
+Durability model the engine relies on (and the simulator enforces):
+
+* data written with ``pwrite`` is volatile until ``fdatasync`` of that file;
+* ``truncate`` is volatile until ``fdatasync`` of that file;
+* creating, renaming and unlinking a name are volatile until ``fsync_dir`` of
+  the parent directory;
+* ``rename`` is atomic.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+from typing import Protocol
+
+__all__ = ["FileLayer", "OsFiles"]
+
+
+class FileLayer(Protocol):
+    def open(self, path: str, *, create: bool = False, read_only: bool = False) -> int: ...
+    def close(self, fh: int) -> None: ...
+    def pread(self, fh: int, length: int, offset: int) -> bytes: ...
+    def pwrite(self, fh: int, data: bytes | memoryview, offset: int) -> int: ...
+    def pwritev(self, fh: int, buffers: list[bytes | memoryview], offset: int) -> int: ...
+    def fdatasync(self, fh: int) -> None: ...
+    def truncate(self, fh: int, size: int) -> None: ...
+    def size(self, fh: int) -> int: ...
+    def punch_hole(self, fh: int, offset: int, length: int) -> None: ...
+    def data_extents(self, fh: int) -> list[tuple[int, int]]: ...
+    def fsync_dir(self, path: str) -> None: ...
+    def unlink(self, path: str) -> None: ...
+    def rename(self, src: str, dst: str) -> None: ...
+    def listdir(self, path: str) -> list[str]: ...
+    def exists(self, path: str) -> bool: ...
+    def makedirs(self, path: str) -> None: ...
+    def free_bytes(self, path: str) -> int: ...
+
+
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_fallocate = _libc.fallocate
+_fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+_fallocate.restype = ctypes.c_int
+
+
+class OsFiles:
+    """The real file layer: plain POSIX calls on the local file system."""
+
+    pread = staticmethod(os.pread)
+    pwrite = staticmethod(os.pwrite)
+    pwritev = staticmethod(os.pwritev)
+    fdatasync = staticmethod(os.fdatasync)
+    close = staticmethod(os.close)
+    truncate = staticmethod(os.ftruncate)
+    unlink = staticmethod(os.unlink)
+    listdir = staticmethod(os.listdir)
+
+    def open(self, path: str, *, create: bool = False, read_only: bool = False) -> int:
+        flags = os.O_RDONLY if read_only else os.O_RDWR
+        if create:
+            flags |= os.O_CREAT
+        return os.open(path, flags | os.O_CLOEXEC, 0o600)
+
+    def size(self, fh: int) -> int:
+        return os.lseek(fh, 0, os.SEEK_END)
+
+    def punch_hole(self, fh: int, offset: int, length: int) -> None:
+        if length <= 0:
+            return
+        rc = _fallocate(fh, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length)
+        if rc == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.EOPNOTSUPP, errno.ENOTTY, errno.EINVAL, errno.ENODEV):
+            raise OSError(err, os.strerror(err))
+        # Block devices and file systems without hole punching: write zeros.
+        chunk = bytes(min(length, 1 << 20))
+        end = offset + length
+        while offset < end:
+            n = min(len(chunk), end - offset)
+            os.pwrite(fh, chunk[:n] if n < len(chunk) else chunk, offset)
+            offset += n
+
+    def data_extents(self, fh: int) -> list[tuple[int, int]]:
+        """(offset, length) of the allocated regions, so sparse copies keep holes."""
+        end = os.lseek(fh, 0, os.SEEK_END)
+        out: list[tuple[int, int]] = []
+        pos = 0
+        while pos < end:
+            try:
+                start = os.lseek(fh, pos, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:
+                    break
+                if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP):
+                    return [(0, end)] if end else []
+                raise
+            stop = os.lseek(fh, start, os.SEEK_HOLE)
+            out.append((start, stop - start))
+            pos = stop
+        return out
+
+    def fsync_dir(self, path: str) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def rename(self, src: str, dst: str) -> None:
+        os.replace(src, dst)
+
+    def exists(self, path: str) -> bool:
+        return os.path.exists(path)
+
+    def makedirs(self, path: str) -> None:
+        os.makedirs(path, exist_ok=True)
+
+    def free_bytes(self, path: str) -> int:
+        st = os.statvfs(path)
+        return st.f_bavail * st.f_frsize

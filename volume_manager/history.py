@@ -1,0 +1,246 @@
+"""Reading history: resolving POINTs, changes between two points, and read-only views.
+
+The state of a volume at seq ``p`` is the baseline (at ``baseline_seq``) with
+every record in ``(baseline_seq, p]`` laid on top, newest first. Those records
+come from three places: delta maps that lie wholly inside the interval, the log
+itself for a map cut by the interval (only while that map is granular), and the
+in-memory index of the open interval. The cost of building a view follows the
+number of maps and records touched, never the size of the volume.
+"""
+
+from __future__ import annotations
+
+import bisect
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from volume_manager import extents as ext
+from volume_manager.blockdev import check_range
+from volume_manager.errors import PointError, ReadOnlyError, VolumeClosedError
+from volume_manager.points import AtMarker, AtSeq, AtTime, Latest, Point, parse_point
+from volume_manager.records import RecordType
+from volume_manager.segments import LogWalker
+
+if TYPE_CHECKING:
+    from volume_manager.volume import MapInfo, Volume
+
+__all__ = ["PointInTimeView", "changes_between", "resolve", "scan_extents"]
+
+
+def scan_extents(vol: Volume, seg: int, off: int, lo: int, hi: int) -> np.ndarray:
+    """Extents of the data/unmap records with lo < seq <= hi, read from the log.
+
+    (seg, off) is where some record at or before lo+1 starts; the walk verifies
+    every record it passes.
+    """
+    handles = {s.id: s.fh for s in vol._segments.values()}
+    first = _first_seq_at(vol, seg, off)
+    walker = LogWalker(vol.files, handles, seg, off, first, stop_after_seq=hi)
+    lba, count, sg, seq, offs = [], [], [], [], []
+    for rec, _payload in walker.records():
+        h = rec.header
+        if h.seq <= lo or h.type == RecordType.MARK:
+            continue
+        lba.append(h.lba)
+        count.append(h.count)
+        seq.append(h.seq)
+        if h.type == RecordType.WRITE:
+            sg.append(rec.seg)
+            offs.append(rec.data_offset)
+        else:
+            sg.append(ext.ZERO_SEG)
+            offs.append(0)
+    if walker.last_seq < hi:
+        raise PointError(f"the log is damaged before seq:{hi}: {walker.stop.reason}")
+    return ext.from_columns(lba, count, sg, seq, offs)
+
+
+def _first_seq_at(vol: Volume, seg: int, off: int) -> int:
+    """Sequence number of the record starting at (seg, off)."""
+    from volume_manager.records import HEADER, SEGMENT_HEADER_SIZE
+
+    s = vol._segments.get(seg)
+    if s is None:
+        raise PointError(f"log segment {seg} needed for this point is gone")
+    if off == SEGMENT_HEADER_SIZE:
+        return s.first_seq
+    hdr = vol.files.pread(s.fh, HEADER.size, off)
+    if len(hdr) < HEADER.size:  # the position is the end of a segment
+        return vol._segments[seg + 1].first_seq if seg + 1 in vol._segments else vol._seq + 1
+    return int(HEADER.unpack(hdr)[4])
+
+
+def _layers(vol: Volume, lo: int, hi: int) -> list[np.ndarray]:
+    """Extent arrays that together hold every record with lo < seq <= hi."""
+    out: list[np.ndarray] = []
+    last_to = vol.baseline_seq
+    for m in vol.maps:
+        last_to = m.to_seq
+        if m.to_seq <= lo:
+            continue
+        if m.from_seq >= hi:
+            break
+        if m.from_seq >= lo and m.to_seq <= hi:
+            out.append(vol.map_extents(m))
+            continue
+        if not m.granular:
+            raise PointError(f"history inside seq:{m.from_seq}..seq:{m.to_seq} was merged;"
+                             " pick one of its ends")
+        out.append(scan_extents(vol, m.row.start_seg, m.row.start_off, max(lo, m.from_seq),
+                                min(hi, m.to_seq)))
+    if hi > last_to:
+        with vol._lock:
+            out.append(vol._tail.extents(max(lo, last_to), hi))
+    return out
+
+
+def changes_between(vol: Volume, lo: int, hi: int) -> np.ndarray:
+    """A map of the newest record per block among lo < seq <= hi."""
+    return ext.compose(_layers(vol, lo, hi), vol.block_size)
+
+
+def _check_retained(vol: Volume, seq: int, text: str) -> int:
+    if seq > vol.seq:
+        raise PointError(f"{text} is in the future (newest write is seq:{vol.seq})")
+    if seq < vol.baseline_seq:
+        raise PointError(f"{text} is older than retained history (oldest point is"
+                         f" seq:{vol.baseline_seq})")
+    for m in vol.maps:
+        if m.from_seq < seq < m.to_seq and not m.granular:
+            raise PointError(f"{text} lies in history that was merged (seq:{m.from_seq}.."
+                             f"seq:{m.to_seq}); recoverable ends: seq:{m.from_seq},"
+                             f" seq:{m.to_seq}")
+    return seq
+
+
+def resolve(vol: Volume, point: str | Point | int) -> int:
+    """The sequence number a POINT names; PointError if it is not recoverable."""
+    text = str(point)
+    if isinstance(point, int):
+        point = AtSeq(point)
+    elif isinstance(point, str):
+        point = parse_point(point)
+    match point:
+        case Latest():
+            return vol.seq
+        case AtSeq(seq=seq):
+            return _check_retained(vol, seq, text)
+        case AtMarker(name=name):
+            marker = vol.markers.get(name)
+            if marker is None:
+                known = ", ".join(sorted(vol.markers)[:10]) or "none"
+                raise PointError(f"no marker named {name!r} (markers: {known})")
+            return marker.seq
+        case AtTime(ts_ns=ts):
+            return _check_retained(vol, _seq_at_time(vol, ts), text)
+    raise PointError(f"bad POINT {text!r}")
+
+
+def _seq_at_time(vol: Volume, ts: int) -> int:
+    """The newest recoverable point whose write happened at or before ``ts``."""
+    if ts < vol.catalog.get_int("baseline_ts"):
+        raise PointError("that time is older than retained history")
+    maps = vol.maps
+    i = bisect.bisect_right([m.row.to_ts_ns for m in maps], ts)
+    if i < len(maps):
+        m = maps[i]
+        if not m.granular:
+            return m.from_seq
+        best = m.from_seq
+        handles = {s.id: s.fh for s in vol._segments.values()}
+        walker = LogWalker(vol.files, handles, m.row.start_seg, m.row.start_off,
+                           _first_seq_at(vol, m.row.start_seg, m.row.start_off),
+                           stop_after_seq=m.to_seq)
+        for rec, _ in walker.records():
+            if rec.header.seq > m.from_seq and rec.header.ts_ns <= ts:
+                best = rec.header.seq
+        return best
+    with vol._lock:
+        seqs = np.frombuffer(vol._tail.all_seq, dtype=np.uint64)
+        tss = np.frombuffer(vol._tail.all_ts, dtype=np.uint64)
+        hit = seqs[tss <= ts] if len(seqs) else seqs
+        if len(hit):
+            return int(hit.max())
+    return maps[-1].to_seq if maps else vol.baseline_seq
+
+
+class PointInTimeView:
+    """The volume as it was at one point: a read-only block device.
+
+    Built from the baseline and one composed map of every change up to the
+    point; a read is one binary search plus the preads of the pieces it covers.
+    """
+
+    def __init__(self, vol: Volume, seq: int, *, label: str | None = None) -> None:
+        with vol._job_lock:
+            self.seq = seq
+            self.label = label or f"seq:{seq}"
+            self._vol = vol
+            self._bs = vol.block_size
+            self._map = changes_between(vol, vol.baseline_seq, seq)
+            self._starts = self._map["lba"]
+            vol.views.add(self)
+        self._closed = False
+
+    @property
+    def block_size(self) -> int:
+        return self._bs
+
+    @property
+    def num_blocks(self) -> int:
+        return self._vol.num_blocks
+
+    @property
+    def read_only(self) -> bool:
+        return True
+
+    def read(self, lba: int, count: int) -> bytes:
+        if self._closed:
+            raise VolumeClosedError("view is closed")
+        check_range(lba, count, self._vol.num_blocks)
+        bs = self._bs
+        vol = self._vol
+        fs = vol.files
+        base = fs.pread(vol._baseline, count * bs, lba * bs)
+        pieces = ext.clip(self._map, lba, count, bs)
+        if not len(pieces):
+            return base
+        buf = bytearray(base)
+        for p_lba, p_count, p_seg, _seq, p_off in pieces.tolist():
+            a = (p_lba - lba) * bs
+            n = p_count * bs
+            if p_seg == ext.ZERO_SEG:
+                buf[a: a + n] = bytes(n)
+            else:
+                buf[a: a + n] = fs.pread(vol.segment_fh(p_seg), n, p_off)
+        return bytes(buf)
+
+    def changed_extents(self) -> np.ndarray:
+        """Blocks that differ from the baseline, with where their data lives."""
+        return self._map
+
+    def write(self, lba: int, data: bytes | memoryview, *, fua: bool = False) -> None:
+        raise ReadOnlyError(f"{self.label} is a point-in-time image and is read-only")
+
+    def unmap(self, lba: int, count: int) -> None:
+        raise ReadOnlyError(f"{self.label} is a point-in-time image and is read-only")
+
+    def flush(self) -> None:
+        return None
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._vol.views.discard(self)
+
+    def __enter__(self) -> PointInTimeView:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def maps_between(vol: Volume, lo: int, hi: int) -> list[MapInfo]:
+    """Live maps lying wholly inside (lo, hi]."""
+    return [m for m in vol.maps if m.from_seq >= lo and m.to_seq <= hi]

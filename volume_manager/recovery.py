@@ -1,0 +1,252 @@
+"""Recovery: bring a volume back to a consistent state when it is opened.
+
+The numbered steps are those of FORMAT.md, "Recovery"; each is idempotent, so a
+crash during recovery is recovered by running it again.
+
+1. Delete segment files older than ``first_live_seg`` (left by a fade-out that
+   switched the catalog but crashed before deleting).
+2. Open the live segments; finish a fade-out whose intent is recorded.
+3. Delete map files the catalog does not list (a merge or mark that crashed
+   before its catalog switch); load and verify every listed map, rebuilding
+   from the log any that fails its checksum.
+4. Walk the log from the older of the checkpoint and the tail start, verifying
+   every record; redo onto the primary each record after the checkpoint;
+   rebuild the open interval's index and the marker/map of any marker record
+   the catalog lacks.
+5. At the first record that fails, truncate the log there (reported) and drop
+   catalog entries that point past it.
+6. Make the primary durable and write a checkpoint at the end of the log.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from volume_manager import extents as ext
+from volume_manager import mapcodec
+from volume_manager.catalog import Catalog, MarkerRow
+from volume_manager.errors import CorruptMapError
+from volume_manager.records import (
+    SEGMENT_HEADER_SIZE,
+    RecordType,
+    SegmentHeader,
+    encode_segment_header,
+)
+from volume_manager.segments import (
+    LogWalker,
+    parse_segment_name,
+    read_segment_header,
+    segment_name,
+)
+
+if TYPE_CHECKING:
+    from volume_manager.volume import Volume
+
+__all__ = ["recover"]
+
+
+def recover(vol: Volume) -> None:
+    from volume_manager.volume import _Segment
+
+    fs, cat, report = vol.files, vol.catalog, vol.recovery_report
+    first_live = cat.get_int("first_live_seg")
+    # 1. orphans of an interrupted fade-out
+    ids = []
+    for name in fs.listdir(vol.log_dir):
+        sid = parse_segment_name(name)
+        if sid is None:
+            continue
+        if sid < first_live:
+            fs.unlink(os.path.join(vol.log_dir, name))
+        else:
+            ids.append(sid)
+    ids.sort()
+    # 2. open segments; a missing segment in the middle ends the log there
+    for sid in ids:
+        fh = fs.open(os.path.join(vol.log_dir, segment_name(sid)))
+        hdr = read_segment_header(fs, fh)
+        first_seq = hdr.first_seq if hdr is not None else -1
+        vol._segments[sid] = _Segment(sid, first_seq, fh)
+    if cat.get_int("fade_to", -1) >= 0:
+        from volume_manager import jobs
+
+        jobs.finish_fade(vol)
+        report.append(f"finished an interrupted fade-out to seq:{vol.baseline_seq}")
+    # 3. maps
+    listed = {m.row.file for m in vol.maps}
+    for name in fs.listdir(vol.map_dir):
+        if name not in listed:
+            fs.unlink(os.path.join(vol.map_dir, name))
+    _scan_and_redo(vol)
+    for m in list(vol.maps):
+        try:
+            vol.map_extents(m)
+        except (CorruptMapError, OSError) as exc:
+            _rebuild_map(vol, m, str(exc))
+
+
+def _positions(vol: Volume) -> tuple[int, int, int]:
+    """(expected seq, segment, offset) where the walk starts."""
+    cat = vol.catalog
+    ck = (cat.get_int("checkpoint_seq"), cat.get_int("checkpoint_seg"),
+          cat.get_int("checkpoint_off"))
+    last_to = vol.maps[-1].to_seq if vol.maps else vol.baseline_seq
+    tail = (last_to, cat.get_int("tail_seg"), cat.get_int("tail_off"))
+    start = min(ck, tail)
+    return start[0] + 1, start[1], start[2]
+
+
+def _scan_and_redo(vol: Volume) -> None:
+    from volume_manager.volume import _Segment, _Tail
+
+    fs, cat, report = vol.files, vol.catalog, vol.recovery_report
+    bs = vol.block_size
+    ck_seq = cat.get_int("checkpoint_seq")
+    last_to = vol.maps[-1].to_seq if vol.maps else vol.baseline_seq
+    expect, start_seg, start_off = _positions(vol)
+    vol._tail = _Tail()
+    vol._tail_start = (cat.get_int("tail_seg"), cat.get_int("tail_off"))
+    vol._seq = expect - 1
+    handles = {s.id: s.fh for s in vol._segments.values()}
+    if start_seg not in handles:
+        if handles:
+            report.append(f"log segment {start_seg}, where redo starts, is missing;"
+                          " the log was ignored")
+        handles = {}
+    walker = LogWalker(fs, handles, start_seg, start_off, expect)
+    pending_markers: list[tuple[int, int, str, tuple[int, int]]] = []
+    end_pos = (start_seg, start_off)
+    t = vol._tail
+    for rec, payload in walker.records():
+        h = rec.header
+        end_pos = (rec.seg, rec.end)
+        if h.seq > ck_seq:
+            if h.type == RecordType.WRITE:
+                fs.pwrite(vol._primary, payload, h.lba * bs)
+            elif h.type == RecordType.UNMAP:
+                fs.punch_hole(vol._primary, h.lba * bs, h.count * bs)
+        if h.seq <= last_to:
+            continue
+        t.all_seq.append(h.seq)
+        t.all_ts.append(h.ts_ns)
+        if h.type == RecordType.MARK:
+            pending_markers.append((h.seq, h.ts_ns, bytes(payload).decode(), end_pos))
+            continue
+        t.lba.append(h.lba)
+        t.count.append(h.count)
+        t.seq.append(h.seq)
+        if h.type == RecordType.WRITE:
+            t.seg.append(rec.seg)
+            t.off.append(rec.data_offset)
+        else:
+            t.seg.append(ext.ZERO_SEG)
+            t.off.append(0)
+    last = walker.last_seq
+    stop = walker.stop
+    # 5. truncate at the first bad record and drop what lies past it
+    if stop.reason is not None:
+        report.append(f"log truncated at segment {stop.seg} offset {stop.offset}: {stop.reason};"
+                      f" kept every record up to seq:{last}")
+    if handles:
+        stop_seg = stop.seg if stop.reason is not None else end_pos[0]
+        for sid in sorted(vol._segments):
+            if sid > stop_seg or (sid == stop_seg and stop.reason is not None
+                                  and stop.offset < SEGMENT_HEADER_SIZE):
+                s = vol._segments.pop(sid)
+                fs.close(s.fh)
+                fs.unlink(os.path.join(vol.log_dir, segment_name(sid)))
+                if sid != stop_seg or stop.offset:
+                    report.append(f"deleted log segment {sid} past the end of the log")
+        if stop.reason is not None and stop.seg in vol._segments:
+            fh = vol._segments[stop.seg].fh
+            fs.truncate(fh, stop.offset)
+            fs.fdatasync(fh)
+        fs.fsync_dir(vol.log_dir)
+    dropped_markers = [m for m in vol.markers.values() if m.seq > last]
+    dropped_maps = [m for m in vol.maps if m.to_seq > last]
+    if dropped_markers or dropped_maps:
+        with cat.transaction() as db:
+            for m in dropped_markers:
+                db.execute("DELETE FROM markers WHERE name=?", (m.name,))
+                del vol.markers[m.name]
+                report.append(f"marker {m.name!r} at seq:{m.seq} was past the end of the log")
+            for mp in dropped_maps:
+                db.execute("DELETE FROM maps WHERE id=?", (mp.row.id,))
+                vol.maps.remove(mp)
+    vol._seq = max(last, last_to if not dropped_maps else last)
+    # active segment: the last one left, or a new one when there is none
+    if vol._segments:
+        active = vol._segments[max(vol._segments)]
+        seg_end = fs.size(active.fh)
+        if stop.reason is None and end_pos[0] == active.id:
+            seg_end = end_pos[1]
+    else:
+        sid = max(cat.get_int("first_live_seg"), start_seg)
+        path = os.path.join(vol.log_dir, segment_name(sid))
+        fh = fs.open(path, create=True)
+        fs.truncate(fh, 0)
+        fs.pwrite(fh, encode_segment_header(SegmentHeader(bs, sid, vol._seq + 1, vol.uuid)), 0)
+        fs.fdatasync(fh)
+        fs.fsync_dir(vol.log_dir)
+        active = _Segment(sid, vol._seq + 1, fh)
+        vol._segments[sid] = active
+        seg_end = SEGMENT_HEADER_SIZE
+        if vol._tail_start[0] < sid or not len(t.all_seq):
+            vol._tail_start = (sid, SEGMENT_HEADER_SIZE)
+    vol._active = active
+    vol._seg_end = seg_end
+    vol._durable_seq = vol._seq
+    vol._primary_synced = vol._seq
+    # markers whose catalog entries were lost: rebuild them from the records
+    for seq, ts, name, pos in pending_markers:
+        if seq > vol._seq:
+            break
+        tail = vol._tail
+        split = _split_tail(tail, seq)
+        start = vol._tail_start
+        vol._tail_start = pos
+        vol._persist_interval(split, start, seq, ts, MarkerRow(name, seq, ts, False))
+        report.append(f"restored marker {name!r} at seq:{seq} from the log")
+    # 6. primary durable, checkpoint at the end
+    fs.fdatasync(vol._primary)
+    vol._write_checkpoint(vol._seq, (vol._active.id, vol._seg_end))
+    with cat.transaction() as db:
+        Catalog.put(db, "tail_seg", vol._tail_start[0])
+        Catalog.put(db, "tail_off", vol._tail_start[1])
+
+
+def _split_tail(tail, seq: int):  # type: ignore[no-untyped-def]
+    """Cut the tail index at ``seq``: return the part up to it, keep the rest."""
+    from volume_manager.volume import _Tail
+
+    head, rest = _Tail(), _Tail()
+    for dst_cond in ((head, True), (rest, False)):
+        dst, upto = dst_cond
+        for i in range(len(tail.seq)):
+            if (tail.seq[i] <= seq) == upto:
+                dst.lba.append(tail.lba[i])
+                dst.count.append(tail.count[i])
+                dst.seg.append(tail.seg[i])
+                dst.seq.append(tail.seq[i])
+                dst.off.append(tail.off[i])
+        for i in range(len(tail.all_seq)):
+            if (tail.all_seq[i] <= seq) == upto:
+                dst.all_seq.append(tail.all_seq[i])
+                dst.all_ts.append(tail.all_ts[i])
+    tail.__dict__.update(rest.__dict__) if hasattr(tail, "__dict__") else None
+    for name in ("lba", "count", "seg", "seq", "off", "all_seq", "all_ts"):
+        setattr(tail, name, getattr(rest, name))
+    return head
+
+
+def _rebuild_map(vol: Volume, m, why: str) -> None:  # type: ignore[no-untyped-def]
+    """Rebuild a damaged map file from the log records of its interval."""
+    from volume_manager import history
+
+    layer = history.scan_extents(vol, m.row.start_seg, m.row.start_off, m.from_seq, m.to_seq)
+    extents = ext.compose([layer], vol.block_size)
+    dm = mapcodec.DeltaMap(m.from_seq, m.to_seq, vol.block_size, m.granular, extents)
+    vol._write_map_file(dm)
+    m._extents = extents
+    vol.recovery_report.append(f"delta map {m.row.file} was damaged ({why}); rebuilt from the log")

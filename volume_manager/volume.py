@@ -1,0 +1,643 @@
+"""A protected volume: primary backstore + write log, markers and maps on a secondary.
+
+Theory of operation (FORMAT.md has the bytes):
+
+* ``write``/``unmap`` append one record to the active log segment (page cache)
+  and put the data in the *pending* overlay. They do not touch the primary.
+* A group commit (``flush``, a FUA write, the background committer, or a full
+  overlay) makes every record appended so far durable with one ``fdatasync``
+  per dirty segment, and only then applies the overlay to the primary. So the
+  primary never leads the durable log, even under power loss; recovery redoes
+  the log tail onto it.
+* ``mark`` appends a marker record, makes the log durable, and turns the
+  records since the previous marker into an immutable, block-ordered delta map.
+* Reads of the live volume come from the primary with the overlay on top.
+
+Two locks: ``_lock`` guards the hot-path state and is held for microseconds;
+``_job_lock`` (re-entrant) serialises the slow bookkeeping (markers, maps,
+views, jobs) so that they see a stable list of maps. fsync runs outside
+``_lock`` so writers go on while a commit waits on the disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import threading
+import time
+import uuid as uuidlib
+from array import array
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from volume_manager import extents as ext
+from volume_manager import mapcodec
+from volume_manager.blockdev import blocks_in, check_range
+from volume_manager.catalog import Catalog, MapRow, MarkerRow
+from volume_manager.errors import (
+    EngineError,
+    MarkerExistsError,
+    ReadOnlyError,
+    SecondaryFullError,
+    VolumeClosedError,
+)
+from volume_manager.fileio import FileLayer, OsFiles
+from volume_manager.pending import PendingMap, Piece
+from volume_manager.points import check_marker_name
+from volume_manager.records import (
+    HEADER_SIZE,
+    SEGMENT_HEADER_SIZE,
+    RecordFlag,
+    RecordType,
+    SegmentHeader,
+    encode_header,
+    encode_segment_header,
+)
+from volume_manager.segments import segment_name
+
+if TYPE_CHECKING:
+    from volume_manager import history as history_mod
+    from volume_manager import jobs as jobs_mod
+
+__all__ = ["MapInfo", "Progress", "Volume", "VolumeOptions"]
+
+FORMAT_VERSION = 1
+Progress = Callable[[int, int], None]
+
+CATALOG = "catalog.db"
+LOG_DIR = "log"
+MAP_DIR = "maps"
+BASELINE = "baseline.img"
+
+
+@dataclass(frozen=True, slots=True)
+class VolumeOptions:
+    segment_bytes: int = 64 << 20
+    # The overlay of unapplied writes is bounded: past the soft limit the
+    # committer is woken, past the hard limit the writer commits inline.
+    pending_soft_bytes: int = 8 << 20
+    pending_hard_bytes: int = 32 << 20
+    # Background group commit: the log is made durable and the overlay applied
+    # at least this often. None: only on flush/FUA/limits (tests drive commits).
+    commit_interval: float | None = 0.5
+    write_cache: bool = True  # False: every write is durable before it returns
+
+
+@dataclass(slots=True)
+class MapInfo:
+    """A live delta map: its catalog row, and its extents once loaded."""
+
+    row: MapRow
+    _extents: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def from_seq(self) -> int:
+        return self.row.from_seq
+
+    @property
+    def to_seq(self) -> int:
+        return self.row.to_seq
+
+    @property
+    def granular(self) -> bool:
+        return self.row.granular
+
+
+@dataclass(slots=True)
+class _Segment:
+    id: int
+    first_seq: int
+    fh: int
+
+
+class _Tail:
+    """Index of the records after the newest map (the open interval), in memory."""
+
+    def __init__(self) -> None:
+        self.lba = array("Q")
+        self.count = array("Q")
+        self.seg = array("Q")
+        self.seq = array("Q")
+        self.off = array("Q")
+        self.all_seq = array("Q")  # every record, markers included, for time lookups
+        self.all_ts = array("Q")
+
+    def extents(self, lo: int = 0, hi: int | None = None) -> np.ndarray:
+        """Data/unmap records with lo < seq <= hi as an (unsorted) extent array."""
+        seq = np.frombuffer(self.seq, dtype=np.uint64) if len(self.seq) else np.zeros(0, np.uint64)
+        a = int(np.searchsorted(seq, lo, side="right"))
+        b = len(seq) if hi is None else int(np.searchsorted(seq, hi, side="right"))
+        out = np.empty(b - a, dtype=ext.EXTENT_DTYPE)
+        for name, col in (("lba", self.lba), ("count", self.count), ("seg", self.seg),
+                          ("seq", self.seq), ("off", self.off)):
+            out[name] = np.frombuffer(col, dtype=np.uint64)[a:b] if b > a else 0
+        return out
+
+
+class Volume:
+    """A protected volume. Implements :class:`volume_manager.blockdev.BlockDevice`."""
+
+    # ------------------------------------------------------------------ setup
+    def __init__(self, directory: str, *, files: FileLayer | None = None,
+                 options: VolumeOptions | None = None, catalog_hook: Callable[..., None] |
+                 None = None) -> None:
+        # Use Volume.create or Volume.open.
+        self.directory = directory
+        self.files: FileLayer = files or OsFiles()
+        self.options = options or VolumeOptions()
+        self.catalog = Catalog(os.path.join(directory, CATALOG), after_commit=catalog_hook)
+        self._lock = threading.Lock()
+        self._job_lock = threading.RLock()
+        self._commit_lock = threading.Lock()
+        self._commit_wake = threading.Condition(threading.Lock())
+        self._closed = False
+        self._failed: BaseException | None = None
+        self.views: set[object] = set()
+        self.recovery_report: list[str] = []
+
+    @property
+    def log_dir(self) -> str:
+        return os.path.join(self.directory, LOG_DIR)
+
+    @property
+    def map_dir(self) -> str:
+        return os.path.join(self.directory, MAP_DIR)
+
+    @classmethod
+    def create(cls, directory: str, primary: str, *, size: int | None = None,
+               block_size: int = 512, files: FileLayer | None = None,
+               options: VolumeOptions | None = None, progress: Progress | None = None,
+               catalog_hook: Callable[..., None] | None = None) -> Volume:
+        """Start protecting ``primary``: write its baseline, then open for I/O.
+
+        A missing primary file is created (thin) with ``size`` bytes.
+        """
+        fs = files or OsFiles()
+        if block_size < 512 or block_size & (block_size - 1):
+            raise EngineError(f"block size {block_size} is not a power of two >= 512")
+        fs.makedirs(directory)
+        if fs.exists(os.path.join(directory, CATALOG)):
+            raise EngineError(f"{directory} already holds a protected volume")
+        if not fs.exists(primary):
+            if size is None:
+                raise EngineError(f"primary {primary} does not exist and no size was given")
+            if size <= 0 or size % block_size:
+                raise EngineError(f"size {size} is not a positive multiple of {block_size}")
+            pfh = fs.open(primary, create=True)
+            fs.truncate(pfh, size)
+            fs.fdatasync(pfh)
+            fs.fsync_dir(os.path.dirname(os.path.abspath(primary)))
+        else:
+            pfh = fs.open(primary)
+        psize = fs.size(pfh)
+        if psize < block_size:
+            fs.close(pfh)
+            raise EngineError(f"primary {primary} is smaller than one block")
+        for sub in (LOG_DIR, MAP_DIR):
+            fs.makedirs(os.path.join(directory, sub))
+        _copy_sparse(fs, pfh, os.path.join(directory, BASELINE), psize, progress)
+        fs.close(pfh)
+        fs.fsync_dir(directory)
+        vol = cls(directory, files=fs, options=options, catalog_hook=catalog_hook)
+        now = time.time_ns()
+        with vol.catalog.transaction() as db:
+            for key, value in {
+                "format": FORMAT_VERSION, "uuid": uuidlib.uuid4().hex,
+                "block_size": block_size, "num_blocks": psize // block_size,
+                "primary": os.path.abspath(primary), "baseline_seq": 0, "baseline_ts": now,
+                "checkpoint_seq": 0, "checkpoint_seg": 1, "checkpoint_off": SEGMENT_HEADER_SIZE,
+                "tail_seg": 1, "tail_off": SEGMENT_HEADER_SIZE, "first_live_seg": 1,
+                "fade_to": -1, "rewinds": 0, "created_ns": now,
+            }.items():
+                Catalog.put(db, key, value)
+        vol._load()
+        return vol
+
+    @classmethod
+    def open(cls, directory: str, *, files: FileLayer | None = None,
+             options: VolumeOptions | None = None,
+             catalog_hook: Callable[..., None] | None = None) -> Volume:
+        """Open a protected volume, recovering from any crash first."""
+        fs = files or OsFiles()
+        if not fs.exists(os.path.join(directory, CATALOG)):
+            raise EngineError(f"{directory} holds no protected volume (no {CATALOG})")
+        vol = cls(directory, files=fs, options=options, catalog_hook=catalog_hook)
+        if vol.catalog.get("format") != FORMAT_VERSION:
+            vol.catalog.close()
+            raise EngineError(f"{directory}: unknown format {vol.catalog.get('format')!r}")
+        vol._load()
+        return vol
+
+    def _load(self) -> None:
+        from volume_manager import recovery
+
+        cat = self.catalog
+        self.block_size = cat.get_int("block_size")
+        self.num_blocks = cat.get_int("num_blocks")
+        self.uuid = bytes.fromhex(str(cat.get("uuid")))
+        self.primary_path = str(cat.get("primary"))
+        self._primary = self.files.open(self.primary_path)
+        self._baseline = self.files.open(os.path.join(self.directory, BASELINE))
+        self._segments: dict[int, _Segment] = {}
+        self._pending = PendingMap(self.block_size)
+        self._tail = _Tail()
+        self._unsynced: set[int] = set()
+        self._dir_dirty = False
+        self._need_checkpoint = False
+        self.markers: dict[str, MarkerRow] = {m.name: m for m in cat.markers()}
+        self.maps: list[MapInfo] = [MapInfo(r) for r in cat.maps()]
+        recovery.recover(self)
+        self._committer: threading.Thread | None = None
+        if self.options.commit_interval is not None:
+            self._committer = threading.Thread(target=self._commit_loop, daemon=True,
+                                               name=f"commit:{os.path.basename(self.directory)}")
+            self._committer.start()
+
+    # ------------------------------------------------------------- properties
+    @property
+    def read_only(self) -> bool:
+        return False
+
+    @property
+    def seq(self) -> int:
+        """Sequence number of the newest record."""
+        return self._seq
+
+    @property
+    def baseline_seq(self) -> int:
+        return self.catalog.get_int("baseline_seq")
+
+    # ---------------------------------------------------------------- hot path
+    def read(self, lba: int, count: int) -> bytes:
+        check_range(lba, count, self.num_blocks)
+        bs = self.block_size
+        with self._lock:
+            if self._closed:
+                raise VolumeClosedError("volume is closed")
+            data = self.files.pread(self._primary, count * bs, lba * bs)
+            if len(self._pending):
+                pieces = self._pending.lookup(lba, count)
+                if pieces:
+                    buf = bytearray(data)
+                    buf.extend(bytes(count * bs - len(buf)))
+                    for p in pieces:
+                        a = (p.lba - lba) * bs
+                        n = p.count * bs
+                        buf[a: a + n] = p.data if p.data is not None else bytes(n)
+                    return bytes(buf)
+        if len(data) < count * bs:  # a primary file shorter than its size is sparse
+            data += bytes(count * bs - len(data))
+        return data
+
+    def write(self, lba: int, data: bytes | memoryview, *, fua: bool = False,
+              flags: RecordFlag = RecordFlag.NONE) -> int:
+        """Write whole blocks; returns the record's sequence number."""
+        count = blocks_in(data, self.block_size)
+        check_range(lba, count, self.num_blocks)
+        if count == 0:
+            return self._seq
+        if fua:
+            flags |= RecordFlag.FUA
+        seq = self._append(RecordType.WRITE, flags, lba, count, bytes(data))
+        self._after_append(fua)
+        return seq
+
+    def unmap(self, lba: int, count: int, *, flags: RecordFlag = RecordFlag.NONE) -> int:
+        check_range(lba, count, self.num_blocks)
+        if count == 0:
+            return self._seq
+        seq = self._append(RecordType.UNMAP, flags, lba, count, b"")
+        self._after_append(False)
+        return seq
+
+    def flush(self) -> None:
+        """Return once log and primary are durable up to the newest write."""
+        self._commit(sync_primary=True)
+
+    def _after_append(self, fua: bool) -> None:
+        if fua or not self.options.write_cache:
+            self._commit(sync_primary=True)
+        elif self._pending.bytes > self.options.pending_soft_bytes:
+            if self._committer is None or self._pending.bytes > self.options.pending_hard_bytes:
+                self._commit(sync_primary=False)
+            else:
+                with self._commit_wake:
+                    self._commit_wake.notify()
+
+    def _append(self, rtype: RecordType, flags: int, lba: int, count: int,
+                payload: bytes) -> int:
+        size = HEADER_SIZE + len(payload)
+        with self._lock:
+            if self._closed:
+                raise VolumeClosedError("volume is closed")
+            if self._failed is not None:
+                raise EngineError(f"volume failed: {self._failed}") from self._failed
+            seq = self._seq + 1
+            ts = time.time_ns()
+            if self._seg_end + size > self.options.segment_bytes and \
+                    self._seg_end > SEGMENT_HEADER_SIZE:
+                self._roll_segment(seq)
+            seg = self._active
+            off = self._seg_end
+            hdr = encode_header(rtype, flags, seq, ts, lba, count, payload)
+            try:
+                n = self.files.pwritev(seg.fh, [hdr, payload] if payload else [hdr], off)
+                if n != size:
+                    raise OSError(errno.ENOSPC, "short write to the log")
+            except OSError as exc:
+                self._undo_append(seg.fh, off)
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise SecondaryFullError(
+                        f"secondary store {self.directory} is full: the write was not done"
+                        " and history is intact; free space or fade out old history"
+                    ) from exc
+                raise
+            self._seg_end = off + size
+            self._seq = seq
+            self._unsynced.add(seg.id)
+            t = self._tail
+            t.all_seq.append(seq)
+            t.all_ts.append(ts)
+            if rtype != RecordType.MARK:
+                t.lba.append(lba)
+                t.count.append(count)
+                t.seq.append(seq)
+                if rtype == RecordType.WRITE:
+                    t.seg.append(seg.id)
+                    t.off.append(off + HEADER_SIZE)
+                    self._pending.insert(lba, count, seq, memoryview(payload))
+                else:
+                    t.seg.append(ext.ZERO_SEG)
+                    t.off.append(0)
+                    self._pending.insert(lba, count, seq, None)
+            return seq
+
+    def _undo_append(self, fh: int, off: int) -> None:
+        # If even this fails, the next scan stops at the torn bytes anyway.
+        with contextlib.suppress(OSError):
+            self.files.truncate(fh, off)
+
+    def _roll_segment(self, first_seq: int) -> None:
+        """Seal the active segment and start a new one (called with _lock held)."""
+        new_id = self._active.id + 1
+        path = os.path.join(self.log_dir, segment_name(new_id))
+        fh = self.files.open(path, create=True)
+        hdr = encode_segment_header(SegmentHeader(self.block_size, new_id, first_seq, self.uuid))
+        self.files.truncate(fh, 0)
+        self.files.pwrite(fh, hdr, 0)
+        self._segments[new_id] = _Segment(new_id, first_seq, fh)
+        self._active = self._segments[new_id]
+        self._seg_end = SEGMENT_HEADER_SIZE
+        self._unsynced.add(new_id)
+        self._dir_dirty = True
+        self._need_checkpoint = True
+
+    # ------------------------------------------------------------ group commit
+    def _commit(self, *, sync_primary: bool) -> None:
+        with self._commit_lock:
+            with self._lock:
+                if self._closed:
+                    raise VolumeClosedError("volume is closed")
+                target = self._seq
+                segs = [self._segments[s] for s in sorted(self._unsynced)]
+                self._unsynced.clear()
+                dir_dirty, self._dir_dirty = self._dir_dirty, False
+                next_pos = (self._active.id, self._seg_end)
+            try:
+                for s in segs:
+                    self.files.fdatasync(s.fh)
+                if dir_dirty:
+                    self.files.fsync_dir(self.log_dir)
+            except OSError as exc:
+                self._failed = exc
+                raise
+            with self._lock:
+                self._durable_seq = max(self._durable_seq, target)
+                self._apply(self._pending.take_upto(target))
+            checkpoint = self._need_checkpoint
+            if (sync_primary or checkpoint) and self._primary_synced < target:
+                self.files.fdatasync(self._primary)
+                self._primary_synced = target
+            if checkpoint and self._primary_synced >= target:
+                self._need_checkpoint = False
+                self._write_checkpoint(target, next_pos)
+
+    def _apply(self, pieces: list[Piece]) -> None:
+        bs = self.block_size
+        for p in pieces:
+            if p.data is None:
+                self.files.punch_hole(self._primary, p.lba * bs, p.count * bs)
+            else:
+                self.files.pwrite(self._primary, p.data, p.lba * bs)
+
+    def _write_checkpoint(self, seq: int, pos: tuple[int, int]) -> None:
+        """Record that the primary is durable through ``seq``; redo starts after it."""
+        with self.catalog.transaction() as db:
+            Catalog.put(db, "checkpoint_seq", seq)
+            Catalog.put(db, "checkpoint_seg", pos[0])
+            Catalog.put(db, "checkpoint_off", pos[1])
+
+    def _commit_loop(self) -> None:
+        interval = self.options.commit_interval
+        while True:
+            with self._commit_wake:
+                self._commit_wake.wait(interval)
+            if self._closed:
+                return
+            try:
+                if self._seq > self._durable_seq or self._need_checkpoint:
+                    self._commit(sync_primary=False)
+            except VolumeClosedError:
+                return
+            except Exception as exc:
+                self._failed = exc
+                return
+
+    # ----------------------------------------------------------------- markers
+    def mark(self, name: str | None = None, *, pinned: bool = False) -> MarkerRow:
+        """Insert a marker; returns once it is durable and its delta map exists."""
+        if name is not None:
+            check_marker_name(name)
+        with self._job_lock:
+            if name is not None and name in self.markers:
+                raise MarkerExistsError(f"marker {name!r} already exists at "
+                                        f"seq:{self.markers[name].seq}")
+            label = name or f"m{self._seq + 1}"
+            if label in self.markers:
+                raise MarkerExistsError(f"marker {label!r} already exists")
+            seq = self._append(RecordType.MARK, 0, 0, 0, label.encode())
+            with self._lock:
+                tail, self._tail = self._tail, _Tail()
+                tail_start = self._tail_start
+                self._tail_start = (self._active.id, self._seg_end)
+            ts = tail.all_ts[-1]
+            self._commit(sync_primary=False)
+            marker = MarkerRow(label, seq, ts, pinned)
+            self._persist_interval(tail, tail_start, seq, ts, marker)
+            return marker
+
+    def _persist_interval(self, tail: _Tail, start: tuple[int, int], seq: int, ts: int,
+                          marker: MarkerRow) -> None:
+        """Write the delta map of the interval a marker closes, then catalog both."""
+        prev = self.maps[-1].to_seq if self.maps else self.baseline_seq
+        extents = ext.compose([tail.extents()], self.block_size)
+        dm = mapcodec.DeltaMap(prev, seq, self.block_size, True, extents)
+        fname = self._write_map_file(dm)
+        row = MapRow(0, prev, seq, ts, fname, len(extents), True, "", start[0], start[1],
+                     mapcodec.HEADER_SIZE + extents.nbytes)
+        with self.catalog.transaction() as db:
+            Catalog.add_marker(db, marker)
+            row_id = Catalog.add_map(db, row)
+            Catalog.put(db, "tail_seg", self._tail_start[0])
+            Catalog.put(db, "tail_off", self._tail_start[1])
+        row = MapRow(row_id, *_fields(row)[1:])
+        self.maps.append(MapInfo(row, extents))
+        self.markers[marker.name] = marker
+
+    def _write_map_file(self, dm: mapcodec.DeltaMap) -> str:
+        fname = f"{dm.from_seq:016x}-{dm.to_seq:016x}.dmap"
+        path = os.path.join(self.map_dir, fname)
+        data = mapcodec.encode(dm)
+        fh = self.files.open(path, create=True)
+        try:
+            self.files.truncate(fh, 0)
+            self.files.pwrite(fh, data, 0)
+            self.files.fdatasync(fh)
+        finally:
+            self.files.close(fh)
+        self.files.fsync_dir(self.map_dir)
+        return fname
+
+    def map_extents(self, m: MapInfo) -> np.ndarray:
+        """The extents of a live map, loaded (and checksum-verified) on first use."""
+        if m._extents is None:
+            fh = self.files.open(os.path.join(self.map_dir, m.row.file), read_only=True)
+            try:
+                data = self.files.pread(fh, self.files.size(fh), 0)
+            finally:
+                self.files.close(fh)
+            m._extents = mapcodec.decode(data).extents
+        return m._extents
+
+    def segment_fh(self, seg: int) -> int:
+        s = self._segments.get(seg)
+        if s is None:
+            raise EngineError(f"log segment {seg} is gone")
+        return s.fh
+
+    # ------------------------------------------------------------- history API
+    def resolve(self, point: str | int) -> int:
+        """Sequence number of a POINT (marker, ``seq:N``, timestamp, ``-15m``, ``now``)."""
+        from volume_manager import history
+
+        with self._job_lock:
+            return history.resolve(self, point)
+
+    def view(self, point: str | int) -> history_mod.PointInTimeView:
+        """A read-only block device showing the volume at ``point``."""
+        from volume_manager import jobs
+
+        return jobs.view(self, point)
+
+    def rewind(self, point: str | int, **kw: object) -> jobs_mod.RewindResult:
+        from volume_manager import jobs
+
+        return jobs.rewind(self, point, **kw)  # type: ignore[arg-type]
+
+    def clone(self, point: str | int, dest_path: str, **kw: object) -> int:
+        from volume_manager import jobs
+
+        return jobs.clone(self, point, dest_path, **kw)  # type: ignore[arg-type]
+
+    def playback(self, start: str | int, end: str | int, lba: int, count: int,
+                 dest: object, **kw: object) -> int:
+        from volume_manager import jobs
+
+        return jobs.playback(self, start, end, lba, count, dest, **kw)  # type: ignore[arg-type]
+
+    def merge(self, start: str | int, end: str | int) -> MapRow:
+        from volume_manager import jobs
+
+        return jobs.merge(self, start, end)
+
+    def fade(self, before: str | int, **kw: object) -> jobs_mod.FadeResult:
+        from volume_manager import jobs
+
+        return jobs.fade(self, before, **kw)  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------------- close
+    def close(self) -> None:
+        """Flush, write a checkpoint so the next open has nothing to redo, close."""
+        if self._closed:
+            return
+        with self._job_lock:
+            for v in list(self.views):
+                v.close()  # type: ignore[attr-defined]
+            if self._failed is None:
+                self._need_checkpoint = True
+                self.flush()
+            self._shutdown()
+
+    def abandon(self) -> None:
+        """Drop the volume without flushing, as a crash would (tests)."""
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        with self._lock:
+            self._closed = True
+        with self._commit_wake:
+            self._commit_wake.notify_all()
+        if self._committer is not None and self._committer is not threading.current_thread():
+            self._committer.join()
+        for s in self._segments.values():
+            self.files.close(s.fh)
+        self._segments.clear()
+        self.files.close(self._primary)
+        self.files.close(self._baseline)
+        self.catalog.close()
+
+    def __enter__(self) -> Volume:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def check_writable(self) -> None:
+        if self.read_only:
+            raise ReadOnlyError("volume is read-only")
+
+
+def _fields(row: MapRow) -> tuple:  # type: ignore[type-arg]
+    return (row.id, row.from_seq, row.to_seq, row.to_ts_ns, row.file, row.entries,
+            row.granular, row.klass, row.start_seg, row.start_off, row.bytes)
+
+
+def _copy_sparse(fs: FileLayer, src: int, dst_path: str, size: int,
+                 progress: Progress | None, chunk: int = 1 << 20) -> None:
+    """Copy a file keeping holes, and leaving all-zero chunks as holes too."""
+    dst = fs.open(dst_path, create=True)
+    try:
+        fs.truncate(dst, 0)
+        fs.truncate(dst, size)
+        regions = fs.data_extents(src)
+        total = sum(n for _, n in regions)
+        done = 0
+        zero = bytes(chunk)
+        for start, length in regions:
+            pos, end = start, start + length
+            while pos < end:
+                n = min(chunk, end - pos)
+                data = fs.pread(src, n, pos)
+                if data != zero[: len(data)]:
+                    fs.pwrite(dst, data, pos)
+                pos += n
+                done += n
+                if progress is not None:
+                    progress(done, total)
+        fs.fdatasync(dst)
+    finally:
+        fs.close(dst)
