@@ -98,6 +98,10 @@ def rewind(vol: Volume, point: str | Point | int, *, progress: Progress | None =
     with vol._job_lock:
         seq = resolve(vol, point)
         n = vol.catalog.get_int("rewinds") + 1
+        # Users may name markers like ours: skip numbers whose names are taken,
+        # or the rewind would fail (after rewriting blocks, for after-rewind-N).
+        while f"before-rewind-{n}" in vol.markers or f"after-rewind-{n}" in vol.markers:
+            n += 1
         with vol.catalog.transaction() as db:
             Catalog.put(db, "rewinds", n)
         before = vol.mark(f"before-rewind-{n}")
@@ -311,6 +315,11 @@ def finish_fade(vol: Volume, *, progress: Progress | None = None,
         freed += _unlink(vol, os.path.join(vol.map_dir, m.row.file))
     for name in [n for n, mk in vol.markers.items() if mk.seq < p]:
         del vol.markers[name]
+    # An open view (at p or later) may read data from the segments about to go:
+    # from now on it reads the new baseline plus only the changes after p.
+    for v in list(vol.views):
+        if isinstance(v, PointInTimeView) and v.seq >= p:
+            v._use_map(changes_between(vol, p, v.seq))
     for sid in doomed:
         s = vol._segments.pop(sid)
         fs.close(s.fh)

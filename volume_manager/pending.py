@@ -1,21 +1,25 @@
-"""The overlay of unapplied extents: writes whose log records are not yet durable.
+"""The overlay of unapplied writes: records whose log entries are not yet durable.
 
 The write-ahead rule says primary data may reach the disk only after the log
 record describing it is durable. Writes therefore land here first; a group
-commit makes the log durable and then applies the overlay to the primary.
-Until then, reads of these blocks are served from here.
+commit makes the log durable and then applies the overlay to the primary in
+sequence order. Until then, reads of these blocks are patched from here.
 
-Pieces never overlap: a new write cuts away what it covers. Lookups are binary
-searches over the sorted starts, so the cost follows the pieces touched.
+The hot path is an append: records are kept in sequence order, and a dict
+from fixed-size *chunks* of the block space to the records touching them
+answers "does this read overlap anything?" with a lookup or two, so neither a
+write nor a read pays for the size of the overlay. Overlapping records are
+not merged; a read lays them on its buffer oldest first, so the newest wins.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
-from collections.abc import Iterator
 from dataclasses import dataclass
 
-__all__ = ["PendingMap", "Piece"]
+__all__ = ["CHUNK_BLOCKS", "PendingMap", "Piece"]
+
+CHUNK_SHIFT = 7
+CHUNK_BLOCKS = 1 << CHUNK_SHIFT
 
 
 @dataclass(slots=True)
@@ -29,72 +33,80 @@ class Piece:
 class PendingMap:
     def __init__(self, block_size: int) -> None:
         self._bs = block_size
-        self._starts: list[int] = []
-        self._pieces: list[Piece] = []
+        self._records: list[Piece] = []
+        self._chunks: dict[int, list[Piece]] = {}
         self.bytes = 0
 
     def __len__(self) -> int:
-        return len(self._pieces)
-
-    def _cut(self, p: Piece, lba: int, count: int) -> Piece:
-        """The part of ``p`` inside [lba, lba+count) (which must overlap it)."""
-        start = max(p.lba, lba)
-        end = min(p.lba + p.count, lba + count)
-        data = None
-        if p.data is not None:
-            a = (start - p.lba) * self._bs
-            data = p.data[a: a + (end - start) * self._bs]
-        return Piece(start, end - start, p.seq, data)
-
-    def _overlapping(self, lba: int, count: int) -> tuple[int, int]:
-        """Index range of pieces that overlap [lba, lba+count)."""
-        i = bisect_right(self._starts, lba)
-        if i and self._pieces[i - 1].lba + self._pieces[i - 1].count > lba:
-            i -= 1
-        j = bisect_left(self._starts, lba + count, i)
-        return i, j
+        return len(self._records)
 
     def insert(self, lba: int, count: int, seq: int, data: memoryview | None) -> None:
-        i, j = self._overlapping(lba, count)
-        keep: list[Piece] = []
-        if i < j:
-            first, last = self._pieces[i], self._pieces[j - 1]
-            if first.lba < lba:
-                keep.append(self._cut(first, first.lba, lba - first.lba))
-            end = lba + count
-            if last.lba + last.count > end:
-                tail = self._cut(last, end, last.lba + last.count - end)
+        """Add a record; ``seq`` must be larger than every seq already held."""
+        p = Piece(lba, count, seq, data)
+        self._records.append(p)
+        self.bytes += count * self._bs
+        chunks = self._chunks
+        for c in range(lba >> CHUNK_SHIFT, ((lba + count - 1) >> CHUNK_SHIFT) + 1):
+            lst = chunks.get(c)
+            if lst is None:
+                chunks[c] = [p]
             else:
-                tail = None
-            for p in self._pieces[i:j]:
-                self.bytes -= p.count * self._bs
-            new = [*keep, Piece(lba, count, seq, data)]
-            if tail is not None:
-                new.append(tail)
-        else:
-            new = [Piece(lba, count, seq, data)]
-        for p in new:
-            self.bytes += p.count * self._bs
-        self._pieces[i:j] = new
-        self._starts[i:j] = [p.lba for p in new]
+                lst.append(p)
 
-    def lookup(self, lba: int, count: int) -> list[Piece]:
-        """Pieces inside [lba, lba+count), trimmed to it, in block order."""
-        i, j = self._overlapping(lba, count)
-        return [self._cut(p, lba, count) for p in self._pieces[i:j]]
+    def _touching(self, lba: int, count: int) -> list[Piece]:
+        """Records overlapping [lba, lba+count), oldest first."""
+        chunks = self._chunks
+        first, last = lba >> CHUNK_SHIFT, (lba + count - 1) >> CHUNK_SHIFT
+        if first == last:
+            found = chunks.get(first)
+            if not found:
+                return []
+            hits = found
+        else:
+            seen: dict[int, Piece] = {}
+            for c in range(first, last + 1):
+                for p in chunks.get(c, ()):
+                    seen[p.seq] = p
+            hits = [seen[s] for s in sorted(seen)]
+        end = lba + count
+        return [p for p in hits if p.lba < end and p.lba + p.count > lba]
+
+    def overlay(self, lba: int, count: int, buf: bytearray) -> None:
+        """Lay every record overlapping [lba, lba+count) on ``buf`` (which holds
+        those blocks as the primary has them), oldest first."""
+        bs = self._bs
+        end = lba + count
+        for p in self._touching(lba, count):
+            start = max(p.lba, lba)
+            stop = min(p.lba + p.count, end)
+            a = (start - lba) * bs
+            n = (stop - start) * bs
+            if p.data is None:
+                buf[a: a + n] = bytes(n)
+            else:
+                s = (start - p.lba) * bs
+                buf[a: a + n] = p.data[s: s + n]
+
+    def overlaps(self, lba: int, count: int) -> bool:
+        if not self._records:
+            return False
+        return bool(self._touching(lba, count))
 
     def take_upto(self, seq: int) -> list[Piece]:
-        """Remove and return every piece written at or before ``seq``."""
-        taken = [p for p in self._pieces if p.seq <= seq]
-        if len(taken) == len(self._pieces):
-            self._pieces = []
-            self._starts = []
+        """Remove and return, in sequence order, every record of seq <= ``seq``."""
+        recs = self._records
+        if not recs or recs[0].seq > seq:
+            return []
+        if recs[-1].seq <= seq:
+            self._records = []
+            self._chunks = {}
             self.bytes = 0
-        elif taken:
-            self._pieces = [p for p in self._pieces if p.seq > seq]
-            self._starts = [p.lba for p in self._pieces]
-            self.bytes = sum(p.count for p in self._pieces) * self._bs
+            return recs
+        i = next(i for i, p in enumerate(recs) if p.seq > seq)
+        taken, self._records = recs[:i], recs[i:]
+        self._chunks = {}
+        for p in self._records:
+            for c in range(p.lba >> CHUNK_SHIFT, ((p.lba + p.count - 1) >> CHUNK_SHIFT) + 1):
+                self._chunks.setdefault(c, []).append(p)
+        self.bytes = sum(p.count for p in self._records) * self._bs
         return taken
-
-    def __iter__(self) -> Iterator[Piece]:
-        return iter(list(self._pieces))

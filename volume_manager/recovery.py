@@ -28,13 +28,19 @@ from volume_manager import mapcodec
 from volume_manager.catalog import Catalog, MarkerRow
 from volume_manager.errors import CorruptMapError
 from volume_manager.records import (
+    HEADER_SIZE,
     SEGMENT_HEADER_SIZE,
+    RecordHeader,
     RecordType,
     SegmentHeader,
+    check_crc,
+    decode_header,
     encode_segment_header,
 )
 from volume_manager.segments import (
+    MAX_RECORD_PAYLOAD,
     LogWalker,
+    ScanStop,
     parse_segment_name,
     read_segment_header,
     segment_name,
@@ -68,6 +74,13 @@ def recover(vol: Volume) -> None:
         hdr = read_segment_header(fs, fh)
         first_seq = hdr.first_seq if hdr is not None else -1
         vol._segments[sid] = _Segment(sid, first_seq, fh)
+    # After a process crash the newest records may live only in the page cache.
+    # Make the log durable before anything derived from it (redo onto the
+    # primary, a fade-out's baseline, rebuilt maps, a checkpoint) can reach the
+    # disk: the write-ahead rule holds during recovery too.
+    for s in vol._segments.values():
+        fs.fdatasync(s.fh)
+    fs.fsync_dir(vol.log_dir)
     if cat.get_int("fade_to", -1) >= 0:
         from volume_manager import jobs
 
@@ -148,6 +161,18 @@ def _scan_and_redo(vol: Volume) -> None:
     if stop.reason is not None:
         report.append(f"log truncated at segment {stop.seg} offset {stop.offset}: {stop.reason};"
                       f" kept every record up to seq:{last}")
+    if stop.reason is not None and handles:
+        # Records past the damage may have reached the primary already (a
+        # durable record damaged later). Put the blocks they name back as they
+        # were at ``last``, before the evidence is truncated away (idempotent).
+        lost = _lost_ranges(vol, stop, last)
+        if lost is None:
+            lost = [(0, vol.num_blocks)]
+        if lost:
+            vol._seq = last
+            n = _restore_primary(vol, lost, last)
+            report.append(f"restored {n} blocks of the primary that records past the end of"
+                          f" the log may have written to their state at seq:{last}")
     if handles:
         stop_seg = stop.seg if stop.reason is not None else end_pos[0]
         for sid in sorted(vol._segments):
@@ -174,7 +199,20 @@ def _scan_and_redo(vol: Volume) -> None:
             for mp in dropped_maps:
                 db.execute("DELETE FROM maps WHERE id=?", (mp.row.id,))
                 vol.maps.remove(mp)
-    vol._seq = max(last, last_to if not dropped_maps else last)
+    if dropped_maps or ck_seq > last:
+        # The log now ends before what the catalog pointed at: restart the walk
+        # from the newest surviving map, whose records were skipped above.
+        new_to = vol.maps[-1].to_seq if vol.maps else vol.baseline_seq
+        pos = ((dropped_maps[0].row.start_seg, dropped_maps[0].row.start_off) if dropped_maps
+               else (cat.get_int("tail_seg"), cat.get_int("tail_off")))
+        with cat.transaction() as db:
+            for key, value in (("checkpoint_seq", new_to), ("checkpoint_seg", pos[0]),
+                               ("checkpoint_off", pos[1]), ("tail_seg", pos[0]),
+                               ("tail_off", pos[1])):
+                Catalog.put(db, key, value)
+        _scan_and_redo(vol)
+        return
+    vol._seq = last
     # active segment: the last one left, or a new one when there is none
     if vol._segments:
         active = vol._segments[max(vol._segments)]
@@ -202,6 +240,11 @@ def _scan_and_redo(vol: Volume) -> None:
     for seq, ts, name, pos in pending_markers:
         if seq > vol._seq:
             break
+        if name in vol.markers:
+            # A mark that failed (secondary full) and was made again later: the
+            # first record keeps the name, the interval simply goes on.
+            report.append(f"marker record {name!r} at seq:{seq} repeats a name; skipped")
+            continue
         tail = vol._tail
         split = _split_tail(tail, seq)
         start = vol._tail_start
@@ -238,6 +281,105 @@ def _split_tail(tail, seq: int):  # type: ignore[no-untyped-def]
     for name in ("lba", "count", "seg", "seq", "off", "all_seq", "all_ts"):
         setattr(tail, name, getattr(rest, name))
     return head
+
+
+def _lost_ranges(vol: Volume, stop: ScanStop, last: int) -> list[tuple[int, int]] | None:
+    """(lba, count) of every record at and after ``stop``, read from their headers.
+
+    None when that cannot be known: a header that does not decode or is not
+    consistent with its place in the log, a segment before the damage is
+    missing, or bytes that are neither records nor zeros follow the damage.
+    A record that is all there but fails its checksum is trusted for its range
+    when its header is consistent (sequence number, geometry, length): a torn
+    payload, the common case after a power cut, must not cost a rewrite of the
+    whole volume.
+    """
+    fs = vol.files
+    if stop.offset < SEGMENT_HEADER_SIZE and stop.seg - 1 not in vol._segments:
+        return None
+    out: list[tuple[int, int]] = []
+    expect = last + 1
+    for sid in sorted(s for s in vol._segments if s >= stop.seg):
+        fh = vol._segments[sid].fh
+        size = fs.size(fh)
+        off = max(stop.offset if sid == stop.seg else 0, SEGMENT_HEADER_SIZE)
+        while off < size:
+            raw = fs.pread(fh, HEADER_SIZE, off)
+            h = decode_header(raw)
+            if h is None or h.length > MAX_RECORD_PAYLOAD:
+                if _zeros(vol, fh, off, size):
+                    break
+                return None
+            end = off + HEADER_SIZE + h.length
+            if end <= size and not check_crc(raw, fs.pread(fh, h.length, off + HEADER_SIZE)) \
+                    and not _plausible(vol, h, expect):
+                return None
+            expect = h.seq + 1
+            if h.type != RecordType.MARK:
+                if h.lba + h.count > vol.num_blocks:
+                    return None
+                out.append((h.lba, h.count))
+            off = end
+    return out
+
+
+def _plausible(vol: Volume, h: RecordHeader, expect: int) -> bool:
+    """Whether a record header that failed its checksum still fits its place."""
+    if h.seq != expect or h.lba + h.count > vol.num_blocks:
+        return False
+    if h.type == RecordType.WRITE:
+        return h.count > 0 and h.length == h.count * vol.block_size
+    if h.type == RecordType.UNMAP:
+        return h.count > 0 and h.length == 0
+    return h.count == 0 and h.lba == 0
+
+
+def _zeros(vol: Volume, fh: int, off: int, end: int) -> bool:
+    step = 1 << 20
+    while off < end:
+        n = min(step, end - off)
+        if vol.files.pread(fh, n, off).count(0) != n:
+            return False
+        off += n
+    return True
+
+
+def _restore_primary(vol: Volume, ranges: list[tuple[int, int]], seq: int) -> int:
+    """Write the blocks of ``ranges`` onto the primary as they were at ``seq``."""
+    from volume_manager import history
+
+    fs, bs = vol.files, vol.block_size
+    layers = []
+    for m in vol.maps:
+        if m.from_seq >= seq:
+            break
+        if m.to_seq <= seq:
+            try:
+                layers.append(vol.map_extents(m))
+                continue
+            except (CorruptMapError, OSError):
+                pass  # the log still holds every record of the interval
+        layers.append(history.scan_extents(vol, m.row.start_seg, m.row.start_off, m.from_seq,
+                                           min(m.to_seq, seq)))
+    newest = vol.maps[-1].to_seq if vol.maps else vol.baseline_seq
+    if seq > newest:
+        layers.append(vol._tail.extents(newest, seq))
+    changed = ext.compose(layers, bs)
+    step = max(1, (1 << 20) // bs)
+    done = 0
+    for lba, count in ranges:
+        for a in range(lba, lba + count, step):
+            n = min(step, lba + count - a)
+            buf = bytearray(fs.pread(vol._baseline, n * bs, a * bs))
+            buf.extend(bytes(n * bs - len(buf)))
+            for p_lba, p_count, p_seg, _s, p_off in ext.clip(changed, a, n, bs).tolist():
+                i, k = (p_lba - a) * bs, p_count * bs
+                buf[i: i + k] = (bytes(k) if p_seg == ext.ZERO_SEG
+                                 else fs.pread(vol.segment_fh(p_seg), k, p_off))
+            fs.pwrite(vol._primary, bytes(buf), a * bs)
+            done += n
+    fs.fdatasync(vol._primary)
+    return done
 
 
 def _rebuild_map(vol: Volume, m, why: str) -> None:  # type: ignore[no-untyped-def]

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import struct
 import threading
 import time
 import uuid as uuidlib
@@ -33,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
+from crc32c import crc32c
 
 from volume_manager import extents as ext
 from volume_manager import mapcodec
@@ -54,7 +56,6 @@ from volume_manager.records import (
     RecordFlag,
     RecordType,
     SegmentHeader,
-    encode_header,
     encode_segment_header,
 )
 from volume_manager.segments import segment_name
@@ -66,6 +67,11 @@ if TYPE_CHECKING:
 __all__ = ["MapInfo", "Progress", "Volume", "VolumeOptions"]
 
 FORMAT_VERSION = 1
+# Plain ints for the hot path (IntEnum comparisons cost more).
+_WRITE = int(RecordType.WRITE)
+_UNMAP = int(RecordType.UNMAP)
+_FUA = int(RecordFlag.FUA)
+_HEADER_REST = struct.Struct("<BBHQQQII")
 Progress = Callable[[int, int], None]
 
 CATALOG = "catalog.db"
@@ -125,6 +131,11 @@ class _Tail:
         self.off = array("Q")
         self.all_seq = array("Q")  # every record, markers included, for time lookups
         self.all_ts = array("Q")
+
+    def extend(self, later: _Tail) -> None:
+        """Append the records of a tail that follows this one."""
+        for name in ("lba", "count", "seg", "seq", "off", "all_seq", "all_ts"):
+            getattr(self, name).extend(getattr(later, name))
 
     def extents(self, lo: int = 0, hi: int | None = None) -> np.ndarray:
         """Data/unmap records with lo < seq <= hi as an (unsorted) extent array."""
@@ -244,6 +255,10 @@ class Volume:
         self._baseline = self.files.open(os.path.join(self.directory, BASELINE))
         self._segments: dict[int, _Segment] = {}
         self._pending = PendingMap(self.block_size)
+        self._soft_limit = self.options.pending_soft_bytes
+        self._write_cache = self.options.write_cache
+        self._hdr = bytearray(HEADER_SIZE)  # reused: only touched under _lock
+        self._hdr_rest = memoryview(self._hdr)[4:]
         self._tail = _Tail()
         self._unsynced: set[int] = set()
         self._dir_dirty = False
@@ -279,31 +294,28 @@ class Volume:
             if self._closed:
                 raise VolumeClosedError("volume is closed")
             data = self.files.pread(self._primary, count * bs, lba * bs)
-            if len(self._pending):
-                pieces = self._pending.lookup(lba, count)
-                if pieces:
-                    buf = bytearray(data)
-                    buf.extend(bytes(count * bs - len(buf)))
-                    for p in pieces:
-                        a = (p.lba - lba) * bs
-                        n = p.count * bs
-                        buf[a: a + n] = p.data if p.data is not None else bytes(n)
-                    return bytes(buf)
+            if self._pending.overlaps(lba, count):
+                buf = bytearray(data)
+                buf.extend(bytes(count * bs - len(buf)))
+                self._pending.overlay(lba, count, buf)
+                return bytes(buf)
         if len(data) < count * bs:  # a primary file shorter than its size is sparse
             data += bytes(count * bs - len(data))
         return data
 
     def write(self, lba: int, data: bytes | memoryview, *, fua: bool = False,
-              flags: RecordFlag = RecordFlag.NONE) -> int:
+              flags: int = 0) -> int:
         """Write whole blocks; returns the record's sequence number."""
-        count = blocks_in(data, self.block_size)
-        check_range(lba, count, self.num_blocks)
+        count, rest = divmod(len(data), self.block_size)
+        if rest or lba < 0 or lba + count > self.num_blocks:
+            check_range(lba, blocks_in(data, self.block_size), self.num_blocks)
         if count == 0:
             return self._seq
         if fua:
-            flags |= RecordFlag.FUA
-        seq = self._append(RecordType.WRITE, flags, lba, count, bytes(data))
-        self._after_append(fua)
+            flags |= _FUA
+        seq = self._append(_WRITE, flags, lba, count, bytes(data))
+        if fua or self._pending.bytes > self._soft_limit or not self._write_cache:
+            self._after_append(fua)
         return seq
 
     def unmap(self, lba: int, count: int, *, flags: RecordFlag = RecordFlag.NONE) -> int:
@@ -316,6 +328,8 @@ class Volume:
 
     def flush(self) -> None:
         """Return once log and primary are durable up to the newest write."""
+        if self._closed:  # _commit may return early when nothing is left to do
+            raise VolumeClosedError("volume is closed")
         self._commit(sync_primary=True)
 
     def _after_append(self, fua: bool) -> None:
@@ -338,18 +352,26 @@ class Volume:
                 raise EngineError(f"volume failed: {self._failed}") from self._failed
             seq = self._seq + 1
             ts = time.time_ns()
-            if self._seg_end + size > self.options.segment_bytes and \
-                    self._seg_end > SEGMENT_HEADER_SIZE:
-                self._roll_segment(seq)
-            seg = self._active
-            off = self._seg_end
-            hdr = encode_header(rtype, flags, seq, ts, lba, count, payload)
+            seg = None
+            # encode_header, inlined: this is the hottest line of the engine.
+            hdr = self._hdr
+            _HEADER_REST.pack_into(hdr, 4, rtype, flags, 0, seq, ts, lba, count, len(payload))
+            crc = crc32c(self._hdr_rest)
+            hdr[0:4] = (crc32c(payload, crc) if payload else crc).to_bytes(4, "little")
             try:
+                # Rolling to a new segment writes its header: it can find the
+                # secondary full too, and must fail the same way.
+                if self._seg_end + size > self.options.segment_bytes and \
+                        self._seg_end > SEGMENT_HEADER_SIZE:
+                    self._roll_segment(seq)
+                seg = self._active
+                off = self._seg_end
                 n = self.files.pwritev(seg.fh, [hdr, payload] if payload else [hdr], off)
                 if n != size:
                     raise OSError(errno.ENOSPC, "short write to the log")
             except OSError as exc:
-                self._undo_append(seg.fh, off)
+                if seg is not None:
+                    self._undo_append(seg.fh, off)
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise SecondaryFullError(
                         f"secondary store {self.directory} is full: the write was not done"
@@ -362,18 +384,20 @@ class Volume:
             t = self._tail
             t.all_seq.append(seq)
             t.all_ts.append(ts)
-            if rtype != RecordType.MARK:
+            if rtype == _WRITE:
                 t.lba.append(lba)
                 t.count.append(count)
                 t.seq.append(seq)
-                if rtype == RecordType.WRITE:
-                    t.seg.append(seg.id)
-                    t.off.append(off + HEADER_SIZE)
-                    self._pending.insert(lba, count, seq, memoryview(payload))
-                else:
-                    t.seg.append(ext.ZERO_SEG)
-                    t.off.append(0)
-                    self._pending.insert(lba, count, seq, None)
+                t.seg.append(seg.id)
+                t.off.append(off + HEADER_SIZE)
+                self._pending.insert(lba, count, seq, memoryview(payload))
+            elif rtype == _UNMAP:
+                t.lba.append(lba)
+                t.count.append(count)
+                t.seq.append(seq)
+                t.seg.append(ext.ZERO_SEG)
+                t.off.append(0)
+                self._pending.insert(lba, count, seq, None)
             return seq
 
     def _undo_append(self, fh: int, off: int) -> None:
@@ -387,8 +411,14 @@ class Volume:
         path = os.path.join(self.log_dir, segment_name(new_id))
         fh = self.files.open(path, create=True)
         hdr = encode_segment_header(SegmentHeader(self.block_size, new_id, first_seq, self.uuid))
-        self.files.truncate(fh, 0)
-        self.files.pwrite(fh, hdr, 0)
+        try:
+            self.files.truncate(fh, 0)
+            self.files.pwrite(fh, hdr, 0)
+        except OSError:
+            # Not yet part of the log (no header); the next roll reuses the name.
+            with contextlib.suppress(OSError):
+                self.files.close(fh)
+            raise
         self._segments[new_id] = _Segment(new_id, first_seq, fh)
         self._active = self._segments[new_id]
         self._seg_end = SEGMENT_HEADER_SIZE
@@ -398,7 +428,13 @@ class Volume:
 
     # ------------------------------------------------------------ group commit
     def _commit(self, *, sync_primary: bool) -> None:
+        need = self._seq
         with self._commit_lock:
+            # Group commit: while this caller waited for the lock, another
+            # commit may already have covered everything it needs.
+            if (self._durable_seq >= need and not self._need_checkpoint
+                    and (not sync_primary or self._primary_synced >= need)):
+                return
             with self._lock:
                 if self._closed:
                     raise VolumeClosedError("volume is closed")
@@ -475,9 +511,24 @@ class Volume:
                 tail_start = self._tail_start
                 self._tail_start = (self._active.id, self._seg_end)
             ts = tail.all_ts[-1]
-            self._commit(sync_primary=False)
             marker = MarkerRow(label, seq, ts, pinned)
-            self._persist_interval(tail, tail_start, seq, ts, marker)
+            try:
+                self._commit(sync_primary=False)
+                self._persist_interval(tail, tail_start, seq, ts, marker)
+            except OSError as exc:
+                # No map (e.g. the secondary is full): give the interval back to
+                # the open one, so the next marker's map still covers its records.
+                # The MARK record stays in the log; recovery restores the marker
+                # from it unless a later map covers it.
+                with self._lock:
+                    tail.extend(self._tail)
+                    self._tail = tail
+                    self._tail_start = tail_start
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise SecondaryFullError(
+                        f"secondary store {self.directory} is full: marker {label!r} was not"
+                        " made; free space or fade out old history") from exc
+                raise
             return marker
 
     def _persist_interval(self, tail: _Tail, start: tuple[int, int], seq: int, ts: int,
