@@ -159,8 +159,8 @@ def _seq_at_time(vol: Volume, ts: int) -> int:
                 best = rec.header.seq
         return best
     with vol._lock:
-        seqs = np.frombuffer(vol._tail.all_seq, dtype=np.uint64)
-        tss = np.frombuffer(vol._tail.all_ts, dtype=np.uint64)
+        times = vol._tail.time_rows()
+        seqs, tss = times[:, 0], times[:, 1]
         hit = seqs[tss <= ts] if len(seqs) else seqs
         if len(hit):
             return int(hit.max())

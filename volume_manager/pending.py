@@ -3,7 +3,10 @@
 The write-ahead rule says primary data may reach the disk only after the log
 record describing it is durable. Writes therefore land here first; a group
 commit makes the log durable and then applies the overlay to the primary in
-sequence order. Until then, reads of these blocks are patched from here.
+sequence order. Until then, reads of these blocks are patched from here. The
+overlay holds no data, only where each record's data sits in the log: the data
+is written once, straight from the caller's buffer into the log's page cache,
+and read back from there (a page-cache hit) when applied or read.
 
 The hot path is an append: records are kept in sequence order, and a dict
 from fixed-size *chunks* of the block space to the records touching them
@@ -14,6 +17,7 @@ not merged; a read lays them on its buffer oldest first, so the newest wins.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = ["CHUNK_BLOCKS", "PendingMap", "Piece"]
@@ -27,7 +31,8 @@ class Piece:
     lba: int
     count: int
     seq: int
-    data: memoryview | None  # None: the blocks read as zeros (an unmap)
+    fh: int   # log segment holding the data; -1: the blocks read as zeros (an unmap)
+    off: int  # byte offset of the data of block ``lba`` in that segment
 
 
 class PendingMap:
@@ -40,13 +45,22 @@ class PendingMap:
     def __len__(self) -> int:
         return len(self._records)
 
-    def insert(self, lba: int, count: int, seq: int, data: memoryview | None) -> None:
+    def insert(self, lba: int, count: int, seq: int, fh: int, off: int) -> None:
         """Add a record; ``seq`` must be larger than every seq already held."""
-        p = Piece(lba, count, seq, data)
+        p = Piece(lba, count, seq, fh, off)
         self._records.append(p)
         self.bytes += count * self._bs
         chunks = self._chunks
-        for c in range(lba >> CHUNK_SHIFT, ((lba + count - 1) >> CHUNK_SHIFT) + 1):
+        first = lba >> CHUNK_SHIFT
+        last = (lba + count - 1) >> CHUNK_SHIFT
+        if first == last:  # most writes: no loop
+            lst = chunks.get(first)
+            if lst is None:
+                chunks[first] = [p]
+            else:
+                lst.append(p)
+            return
+        for c in range(first, last + 1):
             lst = chunks.get(c)
             if lst is None:
                 chunks[c] = [p]
@@ -71,9 +85,11 @@ class PendingMap:
         end = lba + count
         return [p for p in hits if p.lba < end and p.lba + p.count > lba]
 
-    def overlay(self, lba: int, count: int, buf: bytearray) -> None:
+    def overlay(self, lba: int, count: int, buf: bytearray,
+                pread: Callable[[int, int, int], bytes]) -> None:
         """Lay every record overlapping [lba, lba+count) on ``buf`` (which holds
-        those blocks as the primary has them), oldest first."""
+        those blocks as the primary has them), oldest first, reading the data
+        from the log (page cache) with ``pread``."""
         bs = self._bs
         end = lba + count
         for p in self._touching(lba, count):
@@ -81,11 +97,10 @@ class PendingMap:
             stop = min(p.lba + p.count, end)
             a = (start - lba) * bs
             n = (stop - start) * bs
-            if p.data is None:
+            if p.fh < 0:
                 buf[a: a + n] = bytes(n)
             else:
-                s = (start - p.lba) * bs
-                buf[a: a + n] = p.data[s: s + n]
+                buf[a: a + n] = pread(p.fh, n, p.off + (start - p.lba) * bs)
 
     def overlaps(self, lba: int, count: int) -> bool:
         if not self._records:

@@ -141,20 +141,13 @@ def _scan_and_redo(vol: Volume) -> None:
                 fs.punch_hole(vol._primary, h.lba * bs, h.count * bs)
         if h.seq <= last_to:
             continue
-        t.all_seq.append(h.seq)
-        t.all_ts.append(h.ts_ns)
+        t.times.extend((h.seq, h.ts_ns))
         if h.type == RecordType.MARK:
             pending_markers.append((h.seq, h.ts_ns, bytes(payload).decode(), end_pos))
-            continue
-        t.lba.append(h.lba)
-        t.count.append(h.count)
-        t.seq.append(h.seq)
-        if h.type == RecordType.WRITE:
-            t.seg.append(rec.seg)
-            t.off.append(rec.data_offset)
+        elif h.type == RecordType.WRITE:
+            t.add(h.lba, h.count, rec.seg, h.seq, rec.data_offset)
         else:
-            t.seg.append(ext.ZERO_SEG)
-            t.off.append(0)
+            t.add(h.lba, h.count, ext.ZERO_SEG, h.seq, 0)
     last = walker.last_seq
     stop = walker.stop
     # 5. truncate at the first bad record and drop what lies past it
@@ -230,7 +223,7 @@ def _scan_and_redo(vol: Volume) -> None:
         active = _Segment(sid, vol._seq + 1, fh)
         vol._segments[sid] = active
         seg_end = SEGMENT_HEADER_SIZE
-        if vol._tail_start[0] < sid or not len(t.all_seq):
+        if vol._tail_start[0] < sid or not t:
             vol._tail_start = (sid, SEGMENT_HEADER_SIZE)
     vol._active = active
     vol._seg_end = seg_end
@@ -246,7 +239,7 @@ def _scan_and_redo(vol: Volume) -> None:
             report.append(f"marker record {name!r} at seq:{seq} repeats a name; skipped")
             continue
         tail = vol._tail
-        split = _split_tail(tail, seq)
+        split = tail.split(seq)
         start = vol._tail_start
         vol._tail_start = pos
         vol._persist_interval(split, start, seq, ts, MarkerRow(name, seq, ts, False))
@@ -257,30 +250,6 @@ def _scan_and_redo(vol: Volume) -> None:
     with cat.transaction() as db:
         Catalog.put(db, "tail_seg", vol._tail_start[0])
         Catalog.put(db, "tail_off", vol._tail_start[1])
-
-
-def _split_tail(tail, seq: int):  # type: ignore[no-untyped-def]
-    """Cut the tail index at ``seq``: return the part up to it, keep the rest."""
-    from volume_manager.volume import _Tail
-
-    head, rest = _Tail(), _Tail()
-    for dst_cond in ((head, True), (rest, False)):
-        dst, upto = dst_cond
-        for i in range(len(tail.seq)):
-            if (tail.seq[i] <= seq) == upto:
-                dst.lba.append(tail.lba[i])
-                dst.count.append(tail.count[i])
-                dst.seg.append(tail.seg[i])
-                dst.seq.append(tail.seq[i])
-                dst.off.append(tail.off[i])
-        for i in range(len(tail.all_seq)):
-            if (tail.all_seq[i] <= seq) == upto:
-                dst.all_seq.append(tail.all_seq[i])
-                dst.all_ts.append(tail.all_ts[i])
-    tail.__dict__.update(rest.__dict__) if hasattr(tail, "__dict__") else None
-    for name in ("lba", "count", "seg", "seq", "off", "all_seq", "all_ts"):
-        setattr(tail, name, getattr(rest, name))
-    return head
 
 
 def _lost_ranges(vol: Volume, stop: ScanStop, last: int) -> list[tuple[int, int]] | None:

@@ -121,31 +121,62 @@ class _Segment:
 
 
 class _Tail:
-    """Index of the records after the newest map (the open interval), in memory."""
+    """Index of the records after the newest map (the open interval), in memory.
+
+    Two interleaved arrays keep the hot path to one ``extend`` each: ``rec``
+    holds (lba, count, seg, seq, off) per data/unmap record, ``times`` holds
+    (seq, ts_ns) per record of any type, for time lookups.
+    """
 
     def __init__(self) -> None:
-        self.lba = array("Q")
-        self.count = array("Q")
-        self.seg = array("Q")
-        self.seq = array("Q")
-        self.off = array("Q")
-        self.all_seq = array("Q")  # every record, markers included, for time lookups
-        self.all_ts = array("Q")
+        self.rec = array("Q")
+        self.times = array("Q")
+
+    def add(self, lba: int, count: int, seg: int, seq: int, off: int) -> None:
+        self.rec.extend((lba, count, seg, seq, off))
 
     def extend(self, later: _Tail) -> None:
         """Append the records of a tail that follows this one."""
-        for name in ("lba", "count", "seg", "seq", "off", "all_seq", "all_ts"):
-            getattr(self, name).extend(getattr(later, name))
+        self.rec.extend(later.rec)
+        self.times.extend(later.times)
+
+    def _rows(self) -> np.ndarray:
+        return np.frombuffer(self.rec, dtype=np.uint64).reshape(-1, 5) if self.rec \
+            else np.zeros((0, 5), np.uint64)
+
+    def time_rows(self) -> np.ndarray:
+        """(seq, ts_ns) rows of every record, in sequence order."""
+        return np.frombuffer(self.times, dtype=np.uint64).reshape(-1, 2) if self.times \
+            else np.zeros((0, 2), np.uint64)
+
+    @property
+    def last_ts(self) -> int:
+        return self.times[-1]
+
+    def __bool__(self) -> bool:
+        return bool(self.times)
+
+    def split(self, seq: int) -> _Tail:
+        """Cut at ``seq``: return the records up to it and keep the rest."""
+        rows, times = self._rows(), self.time_rows()
+        a = int(np.searchsorted(rows[:, 3], seq, side="right"))
+        b = int(np.searchsorted(times[:, 0], seq, side="right"))
+        head = _Tail()
+        head.rec = array("Q", rows[:a].tobytes())
+        head.times = array("Q", times[:b].tobytes())
+        self.rec = array("Q", rows[a:].tobytes())
+        self.times = array("Q", times[b:].tobytes())
+        return head
 
     def extents(self, lo: int = 0, hi: int | None = None) -> np.ndarray:
         """Data/unmap records with lo < seq <= hi as an (unsorted) extent array."""
-        seq = np.frombuffer(self.seq, dtype=np.uint64) if len(self.seq) else np.zeros(0, np.uint64)
+        rows = self._rows()
+        seq = rows[:, 3]
         a = int(np.searchsorted(seq, lo, side="right"))
         b = len(seq) if hi is None else int(np.searchsorted(seq, hi, side="right"))
-        out = np.empty(b - a, dtype=ext.EXTENT_DTYPE)
-        for name, col in (("lba", self.lba), ("count", self.count), ("seg", self.seg),
-                          ("seq", self.seq), ("off", self.off)):
-            out[name] = np.frombuffer(col, dtype=np.uint64)[a:b] if b > a else 0
+        out = np.empty(max(b - a, 0), dtype=ext.EXTENT_DTYPE)
+        for i, name in enumerate(("lba", "count", "seg", "seq", "off")):
+            out[name] = rows[a:b, i]
         return out
 
 
@@ -257,8 +288,6 @@ class Volume:
         self._pending = PendingMap(self.block_size)
         self._soft_limit = self.options.pending_soft_bytes
         self._write_cache = self.options.write_cache
-        self._hdr = bytearray(HEADER_SIZE)  # reused: only touched under _lock
-        self._hdr_rest = memoryview(self._hdr)[4:]
         self._tail = _Tail()
         self._unsynced: set[int] = set()
         self._dir_dirty = False
@@ -297,7 +326,7 @@ class Volume:
             if self._pending.overlaps(lba, count):
                 buf = bytearray(data)
                 buf.extend(bytes(count * bs - len(buf)))
-                self._pending.overlay(lba, count, buf)
+                self._pending.overlay(lba, count, buf, self.files.pread)
                 return bytes(buf)
         if len(data) < count * bs:  # a primary file shorter than its size is sparse
             data += bytes(count * bs - len(data))
@@ -313,7 +342,7 @@ class Volume:
             return self._seq
         if fua:
             flags |= _FUA
-        seq = self._append(_WRITE, flags, lba, count, bytes(data))
+        seq = self._append(_WRITE, flags, lba, count, data)
         if fua or self._pending.bytes > self._soft_limit or not self._write_cache:
             self._after_append(fua)
         return seq
@@ -342,9 +371,13 @@ class Volume:
                 with self._commit_wake:
                     self._commit_wake.notify()
 
-    def _append(self, rtype: RecordType, flags: int, lba: int, count: int,
-                payload: bytes) -> int:
-        size = HEADER_SIZE + len(payload)
+    def _append(self, rtype: int, flags: int, lba: int, count: int,
+                payload: bytes | memoryview) -> int:
+        # Zero copy: the caller's buffer goes straight into the log's page
+        # cache with the header in front; nothing keeps a reference to it.
+        plen = len(payload)
+        size = HEADER_SIZE + plen
+        hdr = bytearray(HEADER_SIZE)
         with self._lock:
             if self._closed:
                 raise VolumeClosedError("volume is closed")
@@ -353,11 +386,9 @@ class Volume:
             seq = self._seq + 1
             ts = time.time_ns()
             seg = None
-            # encode_header, inlined: this is the hottest line of the engine.
-            hdr = self._hdr
-            _HEADER_REST.pack_into(hdr, 4, rtype, flags, 0, seq, ts, lba, count, len(payload))
-            crc = crc32c(self._hdr_rest)
-            hdr[0:4] = (crc32c(payload, crc) if payload else crc).to_bytes(4, "little")
+            _HEADER_REST.pack_into(hdr, 4, rtype, flags, 0, seq, ts, lba, count, plen)
+            crc = crc32c(memoryview(hdr)[4:])
+            hdr[0:4] = (crc32c(payload, crc) if plen else crc).to_bytes(4, "little")
             try:
                 # Rolling to a new segment writes its header: it can find the
                 # secondary full too, and must fail the same way.
@@ -366,7 +397,8 @@ class Volume:
                     self._roll_segment(seq)
                 seg = self._active
                 off = self._seg_end
-                n = self.files.pwritev(seg.fh, [hdr, payload] if payload else [hdr], off)
+                n = self.files.pwritev(seg.fh, [hdr, payload], off) if plen else \
+                    self.files.pwrite(seg.fh, hdr, off)
                 if n != size:
                     raise OSError(errno.ENOSPC, "short write to the log")
             except OSError as exc:
@@ -382,22 +414,13 @@ class Volume:
             self._seq = seq
             self._unsynced.add(seg.id)
             t = self._tail
-            t.all_seq.append(seq)
-            t.all_ts.append(ts)
+            t.times.extend((seq, ts))
             if rtype == _WRITE:
-                t.lba.append(lba)
-                t.count.append(count)
-                t.seq.append(seq)
-                t.seg.append(seg.id)
-                t.off.append(off + HEADER_SIZE)
-                self._pending.insert(lba, count, seq, memoryview(payload))
+                t.rec.extend((lba, count, seg.id, seq, off + HEADER_SIZE))
+                self._pending.insert(lba, count, seq, seg.fh, off + HEADER_SIZE)
             elif rtype == _UNMAP:
-                t.lba.append(lba)
-                t.count.append(count)
-                t.seq.append(seq)
-                t.seg.append(ext.ZERO_SEG)
-                t.off.append(0)
-                self._pending.insert(lba, count, seq, None)
+                t.rec.extend((lba, count, ext.ZERO_SEG, seq, 0))
+                self._pending.insert(lba, count, seq, -1, 0)
             return seq
 
     def _undo_append(self, fh: int, off: int) -> None:
@@ -464,11 +487,12 @@ class Volume:
 
     def _apply(self, pieces: list[Piece]) -> None:
         bs = self.block_size
+        fs = self.files
         for p in pieces:
-            if p.data is None:
-                self.files.punch_hole(self._primary, p.lba * bs, p.count * bs)
+            if p.fh < 0:
+                fs.punch_hole(self._primary, p.lba * bs, p.count * bs)
             else:
-                self.files.pwrite(self._primary, p.data, p.lba * bs)
+                fs.pwrite(self._primary, fs.pread(p.fh, p.count * bs, p.off), p.lba * bs)
 
     def _write_checkpoint(self, seq: int, pos: tuple[int, int]) -> None:
         """Record that the primary is durable through ``seq``; redo starts after it."""
@@ -510,7 +534,7 @@ class Volume:
                 tail, self._tail = self._tail, _Tail()
                 tail_start = self._tail_start
                 self._tail_start = (self._active.id, self._seg_end)
-            ts = tail.all_ts[-1]
+            ts = tail.last_ts
             marker = MarkerRow(label, seq, ts, pinned)
             try:
                 self._commit(sync_primary=False)

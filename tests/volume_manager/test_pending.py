@@ -1,4 +1,8 @@
-"""The overlay of unapplied writes against a block -> (seq, bytes) model."""
+"""The overlay of unapplied writes against a block -> (seq, bytes) model.
+
+The overlay holds only where each record's data sits in the log; here the
+"log" is one bytearray per record, read through a pread function.
+"""
 
 from __future__ import annotations
 
@@ -26,11 +30,20 @@ def _image(model: dict[int, bytes], lo: int, n: int, base: bytes) -> bytes:
 @given(ops, windows, st.integers(0, 45))
 def test_overlay_matches_model(writes: list[tuple[int, int, bool]],
                                reads: list[tuple[int, int]], cut: int) -> None:
+    log: dict[int, bytes] = {}
+
+    def pread(fh: int, n: int, off: int) -> bytes:
+        return log[fh][off: off + n]
+
     pm = PendingMap(BS)
     model: dict[int, tuple[int, bytes]] = {}
     for seq, (lba, count, is_unmap) in enumerate(writes, start=1):
         data = None if is_unmap else bytes((seq + i) % 251 + 1 for i in range(count * BS))
-        pm.insert(lba, count, seq, memoryview(data) if data is not None else None)
+        if data is None:
+            pm.insert(lba, count, seq, -1, 0)
+        else:
+            log[seq] = b"header" + data  # data at offset 6 of its "segment"
+            pm.insert(lba, count, seq, seq, 6)
         for i in range(count):
             block = bytes(BS) if data is None else data[i * BS:(i + 1) * BS]
             model[lba + i] = (seq, block)
@@ -38,20 +51,20 @@ def test_overlay_matches_model(writes: list[tuple[int, int, bool]],
     for lo, n in reads:
         base = bytes([0xEE]) * (n * BS)
         buf = bytearray(base)
-        pm.overlay(lo, n, buf)
-        want = _image({b: v[1] for b, v in model.items()}, lo, n, base)
-        assert bytes(buf) == want
+        pm.overlay(lo, n, buf, pread)
+        assert bytes(buf) == _image({b: v[1] for b, v in model.items()}, lo, n, base)
         assert pm.overlaps(lo, n) == any(lo <= b < lo + n for b in model)
     # take_upto returns the old records in order; what is left still overlays right
     taken = pm.take_upto(cut)
     assert [p.seq for p in taken] == list(range(1, min(cut, len(writes)) + 1))
     primary: dict[int, bytes] = {}
     for p in taken:
+        data = bytes(p.count * BS) if p.fh < 0 else pread(p.fh, p.count * BS, p.off)
         for i in range(p.count):
-            primary[p.lba + i] = bytes(BS) if p.data is None else bytes(p.data[i * BS:(i + 1) * BS])
+            primary[p.lba + i] = data[i * BS:(i + 1) * BS]
     for lo, n in reads:
         base = _image(primary, lo, n, bytes([0xEE]) * (n * BS))
         buf = bytearray(base)
-        pm.overlay(lo, n, buf)
+        pm.overlay(lo, n, buf, pread)
         assert bytes(buf) == _image({b: v[1] for b, v in model.items()}, lo, n, base)
     assert pm.bytes == sum(p.count for p in pm._records) * BS
