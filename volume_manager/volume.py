@@ -286,6 +286,8 @@ class Volume:
         self._baseline = self.files.open(os.path.join(self.directory, BASELINE))
         self._segments: dict[int, _Segment] = {}
         self._pending = PendingMap(self.block_size)
+        self._hdr = bytearray(HEADER_SIZE)
+        self._hdr_rest = memoryview(self._hdr)[4:]
         self._soft_limit = self.options.pending_soft_bytes
         self._write_cache = self.options.write_cache
         self._tail = _Tail()
@@ -377,7 +379,6 @@ class Volume:
         # cache with the header in front; nothing keeps a reference to it.
         plen = len(payload)
         size = HEADER_SIZE + plen
-        hdr = bytearray(HEADER_SIZE)
         with self._lock:
             if self._closed:
                 raise VolumeClosedError("volume is closed")
@@ -386,8 +387,9 @@ class Volume:
             seq = self._seq + 1
             ts = time.time_ns()
             seg = None
+            hdr = self._hdr  # reused: pwritev copies it before _lock is released
             _HEADER_REST.pack_into(hdr, 4, rtype, flags, 0, seq, ts, lba, count, plen)
-            crc = crc32c(memoryview(hdr)[4:])
+            crc = crc32c(self._hdr_rest)
             hdr[0:4] = (crc32c(payload, crc) if plen else crc).to_bytes(4, "little")
             try:
                 # Rolling to a new segment writes its header: it can find the
