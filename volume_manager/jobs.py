@@ -25,6 +25,7 @@ from volume_manager.history import PointInTimeView, changes_between, maps_betwee
 from volume_manager.points import Point
 from volume_manager.records import RecordFlag
 from volume_manager.segments import segment_name
+from volume_manager.sparse import copy_sparse
 
 if TYPE_CHECKING:
     from volume_manager.volume import Progress, Volume
@@ -146,8 +147,6 @@ def _copy_pieces(vol: Volume, m: np.ndarray, dest: BlockDevice | int, done: int,
 def clone(vol: Volume, point: str | Point | int, dest_path: str, *,
           progress: Progress | None = None, cancel: threading.Event | None = None) -> int:
     """Write a new image file identical to the volume at ``point``; returns its seq."""
-    from volume_manager.volume import _copy_sparse
-
     fs = vol.files
     if fs.exists(dest_path):
         raise EngineError(f"{dest_path} already exists; clone writes a new image")
@@ -156,7 +155,7 @@ def clone(vol: Volume, point: str | Point | int, dest_path: str, *,
         changed = changes_between(vol, vol.baseline_seq, seq)
         total = int(changed["count"].sum()) if len(changed) else 0
         tmp = dest_path + ".partial"
-        _copy_sparse(fs, vol._baseline, tmp, vol.num_blocks * vol.block_size, None)
+        copy_sparse(fs, vol._baseline, tmp, vol.num_blocks * vol.block_size, None)
         fh = fs.open(tmp)
         try:
             _copy_pieces(vol, changed, fh, 0, total, progress, cancel)
@@ -277,13 +276,17 @@ def fade(vol: Volume, before: str | Point | int, *, progress: Progress | None = 
         # never needs a segment the fade-out deletes.
         vol._need_checkpoint = True
         vol.flush()
+        # Past this point the baseline is being rewritten and there is no way
+        # back, only forward (recovery finishes it too): cancel is honoured
+        # only before.
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("fade-out cancelled before it started")
         with vol.catalog.transaction() as db:
             Catalog.put(db, "fade_to", p)
-        return finish_fade(vol, progress=progress, cancel=cancel)
+        return finish_fade(vol, progress=progress)
 
 
-def finish_fade(vol: Volume, *, progress: Progress | None = None,
-                cancel: threading.Event | None = None) -> FadeResult:
+def finish_fade(vol: Volume, *, progress: Progress | None = None) -> FadeResult:
     """Steps 2-4 of a fade-out whose intent (``fade_to``) is in the catalog.
 
     Idempotent: rewriting the baseline with the same composed data again is
@@ -326,8 +329,6 @@ def finish_fade(vol: Volume, *, progress: Progress | None = None,
         freed += _unlink(vol, os.path.join(vol.log_dir, segment_name(sid)))
     fs.fsync_dir(vol.map_dir)
     fs.fsync_dir(vol.log_dir)
-    if cancel is not None and cancel.is_set():
-        raise Cancelled("fade-out finished before the cancel took effect")
     return FadeResult(p, len(olds), len(doomed), freed, total * vol.block_size)
 
 

@@ -45,6 +45,7 @@ from volume_manager.segments import (
     read_segment_header,
     segment_name,
 )
+from volume_manager.tail import TailIndex
 
 if TYPE_CHECKING:
     from volume_manager.volume import Volume
@@ -111,14 +112,14 @@ def _positions(vol: Volume) -> tuple[int, int, int]:
 
 
 def _scan_and_redo(vol: Volume) -> None:
-    from volume_manager.volume import _Segment, _Tail
+    from volume_manager.volume import _Segment
 
     fs, cat, report = vol.files, vol.catalog, vol.recovery_report
     bs = vol.block_size
     ck_seq = cat.get_int("checkpoint_seq")
     last_to = vol.maps[-1].to_seq if vol.maps else vol.baseline_seq
     expect, start_seg, start_off = _positions(vol)
-    vol._tail = _Tail()
+    vol._tail = TailIndex()
     vol._tail_start = (cat.get_int("tail_seg"), cat.get_int("tail_off"))
     vol._seq = expect - 1
     handles = {s.id: s.fh for s in vol._segments.values()}

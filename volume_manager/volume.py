@@ -28,7 +28,6 @@ import struct
 import threading
 import time
 import uuid as uuidlib
-from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -59,6 +58,8 @@ from volume_manager.records import (
     encode_segment_header,
 )
 from volume_manager.segments import segment_name
+from volume_manager.sparse import copy_sparse
+from volume_manager.tail import TailIndex
 
 if TYPE_CHECKING:
     from volume_manager import history as history_mod
@@ -118,66 +119,6 @@ class _Segment:
     id: int
     first_seq: int
     fh: int
-
-
-class _Tail:
-    """Index of the records after the newest map (the open interval), in memory.
-
-    Two interleaved arrays keep the hot path to one ``extend`` each: ``rec``
-    holds (lba, count, seg, seq, off) per data/unmap record, ``times`` holds
-    (seq, ts_ns) per record of any type, for time lookups.
-    """
-
-    def __init__(self) -> None:
-        self.rec = array("Q")
-        self.times = array("Q")
-
-    def add(self, lba: int, count: int, seg: int, seq: int, off: int) -> None:
-        self.rec.extend((lba, count, seg, seq, off))
-
-    def extend(self, later: _Tail) -> None:
-        """Append the records of a tail that follows this one."""
-        self.rec.extend(later.rec)
-        self.times.extend(later.times)
-
-    def _rows(self) -> np.ndarray:
-        return np.frombuffer(self.rec, dtype=np.uint64).reshape(-1, 5) if self.rec \
-            else np.zeros((0, 5), np.uint64)
-
-    def time_rows(self) -> np.ndarray:
-        """(seq, ts_ns) rows of every record, in sequence order."""
-        return np.frombuffer(self.times, dtype=np.uint64).reshape(-1, 2) if self.times \
-            else np.zeros((0, 2), np.uint64)
-
-    @property
-    def last_ts(self) -> int:
-        return self.times[-1]
-
-    def __bool__(self) -> bool:
-        return bool(self.times)
-
-    def split(self, seq: int) -> _Tail:
-        """Cut at ``seq``: return the records up to it and keep the rest."""
-        rows, times = self._rows(), self.time_rows()
-        a = int(np.searchsorted(rows[:, 3], seq, side="right"))
-        b = int(np.searchsorted(times[:, 0], seq, side="right"))
-        head = _Tail()
-        head.rec = array("Q", rows[:a].tobytes())
-        head.times = array("Q", times[:b].tobytes())
-        self.rec = array("Q", rows[a:].tobytes())
-        self.times = array("Q", times[b:].tobytes())
-        return head
-
-    def extents(self, lo: int = 0, hi: int | None = None) -> np.ndarray:
-        """Data/unmap records with lo < seq <= hi as an (unsorted) extent array."""
-        rows = self._rows()
-        seq = rows[:, 3]
-        a = int(np.searchsorted(seq, lo, side="right"))
-        b = len(seq) if hi is None else int(np.searchsorted(seq, hi, side="right"))
-        out = np.empty(max(b - a, 0), dtype=ext.EXTENT_DTYPE)
-        for i, name in enumerate(("lba", "count", "seg", "seq", "off")):
-            out[name] = rows[a:b, i]
-        return out
 
 
 class Volume:
@@ -241,7 +182,7 @@ class Volume:
             raise EngineError(f"primary {primary} is smaller than one block")
         for sub in (LOG_DIR, MAP_DIR):
             fs.makedirs(os.path.join(directory, sub))
-        _copy_sparse(fs, pfh, os.path.join(directory, BASELINE), psize, progress)
+        copy_sparse(fs, pfh, os.path.join(directory, BASELINE), psize, progress)
         fs.close(pfh)
         fs.fsync_dir(directory)
         vol = cls(directory, files=fs, options=options, catalog_hook=catalog_hook)
@@ -290,7 +231,7 @@ class Volume:
         self._hdr_rest = memoryview(self._hdr)[4:]
         self._soft_limit = self.options.pending_soft_bytes
         self._write_cache = self.options.write_cache
-        self._tail = _Tail()
+        self._tail = TailIndex()
         self._unsynced: set[int] = set()
         self._dir_dirty = False
         self._need_checkpoint = False
@@ -533,7 +474,7 @@ class Volume:
                 raise MarkerExistsError(f"marker {label!r} already exists")
             seq = self._append(RecordType.MARK, 0, 0, 0, label.encode())
             with self._lock:
-                tail, self._tail = self._tail, _Tail()
+                tail, self._tail = self._tail, TailIndex()
                 tail_start = self._tail_start
                 self._tail_start = (self._active.id, self._seg_end)
             ts = tail.last_ts
@@ -557,7 +498,7 @@ class Volume:
                 raise
             return marker
 
-    def _persist_interval(self, tail: _Tail, start: tuple[int, int], seq: int, ts: int,
+    def _persist_interval(self, tail: TailIndex, start: tuple[int, int], seq: int, ts: int,
                           marker: MarkerRow) -> None:
         """Write the delta map of the interval a marker closes, then catalog both."""
         prev = self.maps[-1].to_seq if self.maps else self.baseline_seq
@@ -691,30 +632,3 @@ class Volume:
 def _fields(row: MapRow) -> tuple:  # type: ignore[type-arg]
     return (row.id, row.from_seq, row.to_seq, row.to_ts_ns, row.file, row.entries,
             row.granular, row.klass, row.start_seg, row.start_off, row.bytes)
-
-
-def _copy_sparse(fs: FileLayer, src: int, dst_path: str, size: int,
-                 progress: Progress | None, chunk: int = 1 << 20) -> None:
-    """Copy a file keeping holes, and leaving all-zero chunks as holes too."""
-    dst = fs.open(dst_path, create=True)
-    try:
-        fs.truncate(dst, 0)
-        fs.truncate(dst, size)
-        regions = fs.data_extents(src)
-        total = sum(n for _, n in regions)
-        done = 0
-        zero = bytes(chunk)
-        for start, length in regions:
-            pos, end = start, start + length
-            while pos < end:
-                n = min(chunk, end - pos)
-                data = fs.pread(src, n, pos)
-                if data != zero[: len(data)]:
-                    fs.pwrite(dst, data, pos)
-                pos += n
-                done += n
-                if progress is not None:
-                    progress(done, total)
-        fs.fdatasync(dst)
-    finally:
-        fs.close(dst)
