@@ -124,6 +124,14 @@ class _Segment:
 class Volume:
     """A protected volume. Implements :class:`volume_manager.blockdev.BlockDevice`."""
 
+    # Hot-path state, set by recovery when the volume opens.
+    _seq: int                      # newest record
+    _durable_seq: int              # newest record known durable in the log
+    _primary_synced: int           # newest record known durable on the primary
+    _active: _Segment              # the segment records are appended to
+    _seg_end: int                  # where the next record goes in it
+    _tail_start: tuple[int, int]   # (segment, offset) of the first record after the newest map
+
     # ------------------------------------------------------------------ setup
     def __init__(self, directory: str, *, files: FileLayer | None = None,
                  options: VolumeOptions | None = None, catalog_hook: Callable[..., None] |
