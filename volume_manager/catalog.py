@@ -31,6 +31,12 @@ CREATE TABLE IF NOT EXISTS markers (
     ts_ns INTEGER NOT NULL,
     pinned INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS segments (
+    id INTEGER PRIMARY KEY,
+    first_seq INTEGER NOT NULL,
+    last_seq INTEGER,
+    bytes INTEGER
+);
 CREATE TABLE IF NOT EXISTS maps (
     id INTEGER PRIMARY KEY,
     from_seq INTEGER NOT NULL,
@@ -125,6 +131,23 @@ class Catalog:
     def add_marker(db: sqlite3.Connection, m: MarkerRow) -> None:
         db.execute("INSERT INTO markers(name, seq, ts_ns, pinned) VALUES (?, ?, ?, ?)",
                    (m.name, m.seq, m.ts_ns, int(m.pinned)))
+
+    # -- segments -----------------------------------------------------------
+    def segments(self) -> list[tuple[int, int, int | None, int | None]]:
+        """(id, first_seq, last_seq, bytes) as of the last checkpoint; last_seq is
+        None for the segment being written then."""
+        rows = self._db.execute("SELECT id, first_seq, last_seq, bytes FROM segments ORDER BY id")
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+    @staticmethod
+    def set_segments(db: sqlite3.Connection, segs: list[tuple[int, int, int]]) -> None:
+        """Replace the segment index with ``segs``: (id, first_seq, bytes), ascending;
+        the last one is the segment being written (no last_seq yet)."""
+        db.execute("DELETE FROM segments")
+        for i, (sid, first, size) in enumerate(segs):
+            last = segs[i + 1][1] - 1 if i + 1 < len(segs) else None
+            db.execute("INSERT INTO segments(id, first_seq, last_seq, bytes) VALUES (?,?,?,?)",
+                       (sid, first, last, size))
 
     # -- maps ---------------------------------------------------------------
     def maps(self) -> list[MapRow]:

@@ -311,6 +311,7 @@ def finish_fade(vol: Volume, *, progress: Progress | None = None) -> FadeResult:
         Catalog.put(db, "baseline_seq", p)
         Catalog.put(db, "baseline_ts", ts)
         Catalog.put(db, "first_live_seg", keep_seg)
+        db.execute("DELETE FROM segments WHERE id < ?", (keep_seg,))
         Catalog.put(db, "fade_to", -1)
     freed = 0
     for m in olds:

@@ -74,7 +74,7 @@ def recover(vol: Volume) -> None:
         fh = fs.open(os.path.join(vol.log_dir, segment_name(sid)))
         hdr = read_segment_header(fs, fh)
         first_seq = hdr.first_seq if hdr is not None else -1
-        vol._segments[sid] = _Segment(sid, first_seq, fh)
+        vol._segments[sid] = _Segment(sid, first_seq, fh, fs.size(fh))
     # After a process crash the newest records may live only in the page cache.
     # Make the log durable before anything derived from it (redo onto the
     # primary, a fade-out's baseline, rebuilt maps, a checkpoint) can reach the
@@ -181,6 +181,7 @@ def _scan_and_redo(vol: Volume) -> None:
             fh = vol._segments[stop.seg].fh
             fs.truncate(fh, stop.offset)
             fs.fdatasync(fh)
+            vol._segments[stop.seg].end = stop.offset
         fs.fsync_dir(vol.log_dir)
     dropped_markers = [m for m in vol.markers.values() if m.seq > last]
     dropped_maps = [m for m in vol.maps if m.to_seq > last]

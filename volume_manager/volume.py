@@ -119,6 +119,7 @@ class _Segment:
     id: int
     first_seq: int
     fh: int
+    end: int = 0  # bytes in the segment once sealed (the active one: see _seg_end)
 
 
 class Volume:
@@ -393,6 +394,7 @@ class Volume:
             with contextlib.suppress(OSError):
                 self.files.close(fh)
             raise
+        self._active.end = self._seg_end
         self._segments[new_id] = _Segment(new_id, first_seq, fh)
         self._active = self._segments[new_id]
         self._seg_end = SEGMENT_HEADER_SIZE
@@ -446,11 +448,19 @@ class Volume:
                 fs.pwrite(self._primary, fs.pread(p.fh, p.count * bs, p.off), p.lba * bs)
 
     def _write_checkpoint(self, seq: int, pos: tuple[int, int]) -> None:
-        """Record that the primary is durable through ``seq``; redo starts after it."""
+        """Record that the primary is durable through ``seq``; redo starts after it.
+
+        The same transaction refreshes the catalog's segment index (an index
+        only: recovery trusts the log directory and the segment headers).
+        """
+        with self._lock:
+            segs = sorted((s.id, s.first_seq, self._seg_end if s is self._active else s.end)
+                          for s in self._segments.values())
         with self.catalog.transaction() as db:
             Catalog.put(db, "checkpoint_seq", seq)
             Catalog.put(db, "checkpoint_seg", pos[0])
             Catalog.put(db, "checkpoint_off", pos[1])
+            Catalog.set_segments(db, segs)
 
     def _commit_loop(self) -> None:
         interval = self.options.commit_interval

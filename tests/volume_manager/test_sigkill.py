@@ -314,8 +314,11 @@ class _Chain:
             assert in_flight - 1 <= seq <= in_flight, (
                 f"log ends at seq:{seq} but the child was issuing seq:{in_flight}"
             )
-            if issued and not cfg["write_cache"]:
-                # every operation is durable when it returns, and acknowledged
+            if issued and not cfg["write_cache"] and in_flight - 1 > prev_seq:
+                # every operation this child completed (prev_seq+1 .. in_flight-1)
+                # is durable when it returns, and acknowledged; a child killed in
+                # its first operation completed none, and the newest ack may be
+                # an earlier round's (which may have had the write cache on)
                 assert acked >= in_flight - 1
             # (b) the live volume and the primary file equal the log's image
             self.advance(seq)

@@ -51,3 +51,23 @@ def test_damaged_map_file_is_reported(tmp_path: Path) -> None:
     problems = vol.verify()
     assert len(problems) == 1 and vol.maps[1].row.file in problems[0], problems
     vol.close()
+
+
+def test_catalog_indexes_the_segments(tmp_path: Path) -> None:
+    vol = _volume(tmp_path)
+    vol.write(0, b"z" * 4096)
+    vol.close()
+    vol = Volume.open(str(tmp_path / "sec"), options=VolumeOptions(commit_interval=None))
+    rows = vol.catalog.segments()
+    names = sorted(os.listdir(vol.log_dir))
+    assert [r[0] for r in rows] == [int(n[:16], 16) for n in names]
+    for (sid, first, last, size), nxt in zip(rows, [*rows[1:], None], strict=True):
+        assert size == os.path.getsize(os.path.join(vol.log_dir, f"{sid:016x}.seg"))
+        assert last == (None if nxt is None else nxt[1] - 1)
+        assert first <= (vol.seq + 1 if last is None else last)
+    vol.fade("m29")
+    vol.close()
+    vol = Volume.open(str(tmp_path / "sec"), options=VolumeOptions(commit_interval=None))
+    assert [r[0] for r in vol.catalog.segments()] == sorted(
+        int(n[:16], 16) for n in os.listdir(vol.log_dir))
+    vol.close()
