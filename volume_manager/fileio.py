@@ -40,6 +40,14 @@ class FileLayer(Protocol):
     def size(self, fh: int) -> int: ...
     def punch_hole(self, fh: int, offset: int, length: int) -> None: ...
     def data_extents(self, fh: int) -> list[tuple[int, int]]: ...
+    def start_writeback(self, fh: int, offset: int, length: int) -> None:
+        """A hint: begin writing these pages to disk now, without waiting.
+
+        Durability still comes only from ``fdatasync``; this only lets the disk
+        work while the caller goes on, so a later sync has less left to do.
+        """
+        ...
+
     def fsync_dir(self, path: str) -> None: ...
     def unlink(self, path: str) -> None: ...
     def rename(self, src: str, dst: str) -> None: ...
@@ -55,6 +63,10 @@ _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True
 _fallocate = _libc.fallocate
 _fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
 _fallocate.restype = ctypes.c_int
+_SYNC_FILE_RANGE_WRITE = 2
+_sync_file_range = _libc.sync_file_range
+_sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+_sync_file_range.restype = ctypes.c_int
 
 
 class OsFiles:
@@ -94,6 +106,10 @@ class OsFiles:
             n = min(len(chunk), end - offset)
             os.pwrite(fh, chunk[:n] if n < len(chunk) else chunk, offset)
             offset += n
+
+    def start_writeback(self, fh: int, offset: int, length: int) -> None:
+        # SYNC_FILE_RANGE_WRITE: queue the dirty pages for writeback, don't wait.
+        _sync_file_range(fh, offset, length, _SYNC_FILE_RANGE_WRITE)
 
     def data_extents(self, fh: int) -> list[tuple[int, int]]:
         """(offset, length) of the allocated regions, so sparse copies keep holes."""

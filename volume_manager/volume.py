@@ -73,6 +73,7 @@ _WRITE = int(RecordType.WRITE)
 _UNMAP = int(RecordType.UNMAP)
 _FUA = int(RecordFlag.FUA)
 _HEADER_REST = struct.Struct("<BBHQQQII")
+_WRITEBACK_BYTES = 1 << 20
 Progress = Callable[[int, int], None]
 
 CATALOG = "catalog.db"
@@ -132,6 +133,7 @@ class Volume:
     _active: _Segment              # the segment records are appended to
     _seg_end: int                  # where the next record goes in it
     _tail_start: tuple[int, int]   # (segment, offset) of the first record after the newest map
+    _wb_pos: int = 0               # log bytes of the active segment already sent to writeback
 
     # ------------------------------------------------------------------ setup
     def __init__(self, directory: str, *, files: FileLayer | None = None,
@@ -363,6 +365,11 @@ class Volume:
                     ) from exc
                 raise
             self._seg_end = off + size
+            if self._seg_end - self._wb_pos >= _WRITEBACK_BYTES:
+                # Another MiB of log written: let the disk start on it now, so
+                # the next group commit's fdatasync has less left to wait for.
+                self.files.start_writeback(seg.fh, self._wb_pos, self._seg_end - self._wb_pos)
+                self._wb_pos = self._seg_end
             self._seq = seq
             self._unsynced.add(seg.id)
             t = self._tail
@@ -398,6 +405,7 @@ class Volume:
         self._segments[new_id] = _Segment(new_id, first_seq, fh)
         self._active = self._segments[new_id]
         self._seg_end = SEGMENT_HEADER_SIZE
+        self._wb_pos = 0
         self._unsynced.add(new_id)
         self._dir_dirty = True
         self._need_checkpoint = True

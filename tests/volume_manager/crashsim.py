@@ -299,6 +299,9 @@ class CrashSimFiles:
         n = len(self._data[self._fh(fh)])
         return [(0, n)] if n else []
 
+    def start_writeback(self, fh: int, offset: int, length: int) -> None:
+        self._fh(fh)  # a hint with no effect on durability: nothing to record
+
     def fsync_dir(self, path: str) -> None:
         path = _norm(path)
         if not self._isdir(path):
