@@ -201,6 +201,16 @@ def _options(w: Workload, commit_interval: float | None = None) -> VolumeOptions
         write_cache=w.write_cache,
     )
 
+def _sim_volume(d: Path, w: Workload, n: int) -> tuple[CrashSimFiles, Volume, Path]:
+    """A new n-block volume on a fresh crash simulator, under directory d."""
+    vol_dir = d / "vol"
+    vol_dir.mkdir(parents=True)
+    sim = CrashSimFiles()
+    vol = Volume.create(str(vol_dir), str(d / "primary.img"), size=n * BS, files=sim,
+                        options=_options(w), catalog_hook=sim.catalog_hook)
+    return sim, vol, vol_dir
+
+
 
 def _point(vol: Volume, seq: int) -> str:
     for m in vol.markers.values():
@@ -714,17 +724,7 @@ def test_full_secondary(work_dir: Path, free_by: str) -> None:
     failed_at: set[str] = set()
     for trial in range(16):
         d = work_dir / f"t{trial}"
-        vol_dir = d / "vol"
-        vol_dir.mkdir(parents=True)
-        sim = CrashSimFiles()
-        vol = Volume.create(
-            str(vol_dir),
-            str(d / "primary.img"),
-            size=n * BS,
-            files=sim,
-            options=_options(w),
-            catalog_hook=sim.catalog_hook,
-        )
+        sim, vol, vol_dir = _sim_volume(d, w, n)
         rng = random.Random(trial)
         used = sum(len(sim.read_file(p)) for p in sim.names() if p.startswith(str(vol_dir)))
         sim.set_space_limit(str(vol_dir), used + (16 << 10) + trial * 173)
@@ -774,17 +774,7 @@ def test_marker_retried_after_full_secondary(work_dir: Path) -> None:
     n = 64
     for trial in range(200):
         d = work_dir / f"t{trial}"
-        vol_dir = d / "vol"
-        vol_dir.mkdir(parents=True)
-        sim = CrashSimFiles()
-        vol = Volume.create(
-            str(vol_dir),
-            str(d / "primary.img"),
-            size=n * BS,
-            files=sim,
-            options=_options(w),
-            catalog_hook=sim.catalog_hook,
-        )
+        sim, vol, vol_dir = _sim_volume(d, w, n)
         used = sum(len(sim.read_file(p)) for p in sim.names() if p.startswith(str(vol_dir)))
         sim.set_space_limit(str(vol_dir), used + (12 << 10) + trial * 53)
         img = bytearray(n * BS)
