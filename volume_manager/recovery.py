@@ -23,6 +23,8 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from volume_manager import extents as ext
 from volume_manager import mapcodec
 from volume_manager.catalog import Catalog, MarkerRow
@@ -48,7 +50,7 @@ from volume_manager.segments import (
 from volume_manager.tail import TailIndex
 
 if TYPE_CHECKING:
-    from volume_manager.volume import Volume
+    from volume_manager.volume import MapInfo, Volume
 
 __all__ = ["recover"]
 
@@ -93,11 +95,8 @@ def recover(vol: Volume) -> None:
         if name not in listed:
             fs.unlink(os.path.join(vol.map_dir, name))
     _scan_and_redo(vol)
-    for m in list(vol.maps):
-        try:
-            vol.map_extents(m)
-        except (CorruptMapError, OSError) as exc:
-            _rebuild_map(vol, m, str(exc))
+    for m in vol.maps:
+        vol.map_extents(m)  # 8. verified on load; a damaged file is rebuilt
 
 
 def _positions(vol: Volume) -> tuple[int, int, int]:
@@ -353,13 +352,13 @@ def _restore_primary(vol: Volume, ranges: list[tuple[int, int]], seq: int) -> in
     return done
 
 
-def _rebuild_map(vol: Volume, m, why: str) -> None:  # type: ignore[no-untyped-def]
-    """Rebuild a damaged map file from the log records of its interval."""
+def rebuild_map(vol: Volume, m: MapInfo, why: str) -> np.ndarray:
+    """Rebuild a missing or damaged map file from the log records of its interval."""
     from volume_manager import history
 
     layer = history.scan_extents(vol, m.row.start_seg, m.row.start_off, m.from_seq, m.to_seq)
     extents = ext.compose([layer], vol.block_size)
     dm = mapcodec.DeltaMap(m.from_seq, m.to_seq, vol.block_size, m.granular, extents)
-    vol._write_map_file(dm)
-    m._extents = extents
+    vol._write_map_file(dm, durable=False)
     vol.recovery_report.append(f"delta map {m.row.file} was damaged ({why}); rebuilt from the log")
+    return extents

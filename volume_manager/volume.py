@@ -40,6 +40,7 @@ from volume_manager import mapcodec
 from volume_manager.blockdev import blocks_in, check_range
 from volume_manager.catalog import Catalog, MapRow, MarkerRow
 from volume_manager.errors import (
+    CorruptMapError,
     EngineError,
     MarkerExistsError,
     ReadOnlyError,
@@ -530,7 +531,7 @@ class Volume:
         prev = self.maps[-1].to_seq if self.maps else self.baseline_seq
         extents = ext.compose([tail.extents()], self.block_size)
         dm = mapcodec.DeltaMap(prev, seq, self.block_size, True, extents)
-        fname = self._write_map_file(dm)
+        fname = self._write_map_file(dm, durable=False)
         row = MapRow(0, prev, seq, ts, fname, len(extents), True, "", start[0], start[1],
                      mapcodec.HEADER_SIZE + extents.nbytes)
         with self.catalog.transaction() as db:
@@ -542,7 +543,10 @@ class Volume:
         self.maps.append(MapInfo(row, extents))
         self.markers[marker.name] = marker
 
-    def _write_map_file(self, dm: mapcodec.DeltaMap) -> str:
+    def _write_map_file(self, dm: mapcodec.DeltaMap, *, durable: bool = True) -> str:
+        """Write a map file. A map is derived data: the log keeps every record
+        after the baseline, so a map file lost or torn by a crash is rebuilt
+        (see :meth:`map_extents`); ``durable=False`` skips the two syncs."""
         fname = f"{dm.from_seq:016x}-{dm.to_seq:016x}.dmap"
         path = os.path.join(self.map_dir, fname)
         data = mapcodec.encode(dm)
@@ -550,21 +554,29 @@ class Volume:
         try:
             self.files.truncate(fh, 0)
             self.files.pwrite(fh, data, 0)
-            self.files.fdatasync(fh)
+            if durable:
+                self.files.fdatasync(fh)
         finally:
             self.files.close(fh)
-        self.files.fsync_dir(self.map_dir)
+        if durable:
+            self.files.fsync_dir(self.map_dir)
         return fname
 
     def map_extents(self, m: MapInfo) -> np.ndarray:
-        """The extents of a live map, loaded (and checksum-verified) on first use."""
+        """The extents of a live map, loaded (and checksum-verified) on first use;
+        a missing or damaged file is rebuilt from the log, and that is reported."""
         if m._extents is None:
-            fh = self.files.open(os.path.join(self.map_dir, m.row.file), read_only=True)
             try:
-                data = self.files.pread(fh, self.files.size(fh), 0)
-            finally:
-                self.files.close(fh)
-            m._extents = mapcodec.decode(data).extents
+                fh = self.files.open(os.path.join(self.map_dir, m.row.file), read_only=True)
+                try:
+                    data = self.files.pread(fh, self.files.size(fh), 0)
+                finally:
+                    self.files.close(fh)
+                m._extents = mapcodec.decode(data).extents
+            except (CorruptMapError, OSError) as exc:
+                from volume_manager.recovery import rebuild_map
+
+                m._extents = rebuild_map(self, m, str(exc))
         return m._extents
 
     def verify(self, progress: Progress | None = None) -> list[str]:
