@@ -75,6 +75,7 @@ _UNMAP = int(RecordType.UNMAP)
 _FUA = int(RecordFlag.FUA)
 _HEADER_REST = struct.Struct("<BBHQQQII")
 _WRITEBACK_BYTES = 1 << 20
+_now_ns = time.time_ns
 Progress = Callable[[int, int], None]
 
 CATALOG = "catalog.db"
@@ -242,6 +243,7 @@ class Volume:
         self._hdr = bytearray(HEADER_SIZE)
         self._hdr_rest = memoryview(self._hdr)[4:]
         self._soft_limit = self.options.pending_soft_bytes
+        self._segment_bytes = self.options.segment_bytes
         self._write_cache = self.options.write_cache
         self._tail = TailIndex()
         self._unsynced: set[int] = set()
@@ -338,7 +340,7 @@ class Volume:
             if self._failed is not None:
                 raise EngineError(f"volume failed: {self._failed}") from self._failed
             seq = self._seq + 1
-            ts = time.time_ns()
+            ts = _now_ns()
             seg = None
             hdr = self._hdr  # reused: pwritev copies it before _lock is released
             _HEADER_REST.pack_into(hdr, 4, rtype, flags, 0, seq, ts, lba, count, plen)
@@ -347,7 +349,7 @@ class Volume:
             try:
                 # Rolling to a new segment writes its header: it can find the
                 # secondary full too, and must fail the same way.
-                if self._seg_end + size > self.options.segment_bytes and \
+                if self._seg_end + size > self._segment_bytes and \
                         self._seg_end > SEGMENT_HEADER_SIZE:
                     self._roll_segment(seq)
                 seg = self._active

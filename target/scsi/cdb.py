@@ -39,13 +39,18 @@ __all__ = [
     "NoData",
     "Opcode",
     "PageControl",
+    "PersistentReserveIn",
+    "PersistentReserveOut",
     "ReadCapacity10",
     "ReadCapacity16",
     "ReportLuns",
+    "ReportOpcodes",
     "RequestSense",
+    "Reserve6",
     "Unmap",
     "WriteSame",
     "decode",
+    "length_byte",
 ]
 
 
@@ -79,11 +84,19 @@ class Opcode(IntEnum):
     SYNCHRONIZE_CACHE_16 = 0x91
     WRITE_SAME_16 = 0x93
     SERVICE_ACTION_IN_16 = 0x9E
+    PERSISTENT_RESERVE_IN = 0x5E
+    PERSISTENT_RESERVE_OUT = 0x5F
+    RESERVE_6 = 0x16
+    RELEASE_6 = 0x17
     REPORT_LUNS = 0xA0
+    MAINTENANCE_IN = 0xA3
     READ_12 = 0xA8
     WRITE_12 = 0xAA
     WRITE_AND_VERIFY_12 = 0xAE
     VERIFY_12 = 0xAF
+
+
+MAINTENANCE_IN_REPORT_SUPPORTED_OPCODES = 0x0C
 
 
 class ServiceActionIn16(IntEnum):
@@ -158,6 +171,19 @@ assert REPORT_LUNS.size == 12
 # UNMAP: 0 op, 1 ANCHOR(0), 2-5 reserved, 6 GROUP, 7-8 PARAMETER LIST LENGTH, 9 ([SBC-3] 5.28).
 UNMAP = struct.Struct(">BB4xBHB")
 assert UNMAP.size == 10
+
+# PERSISTENT RESERVE IN: 0 op, 1 SA(4-0), 2-6 reserved, 7-8 ALLOCATION LENGTH, 9 ([SPC-4] 6.15).
+PR_IN = struct.Struct(">BB5xHB")
+assert PR_IN.size == 10
+# PERSISTENT RESERVE OUT: 0 op, 1 SA(4-0), 2 SCOPE(7-4) TYPE(3-0), 3-4 reserved,
+# 5-8 PARAMETER LIST LENGTH, 9 ([SPC-4] 6.16).
+PR_OUT = struct.Struct(">BBB2xIB")
+assert PR_OUT.size == 10
+
+# REPORT SUPPORTED OPERATION CODES: 0 op, 1 SA, 2 RCTD(7) REPORTING OPTIONS(2-0),
+# 3 REQUESTED OPCODE, 4-5 REQUESTED SA, 6-9 ALLOCATION LENGTH, 10 reserved, 11 ([SPC-4] 6.35).
+RSOC = struct.Struct(">BBBBHIxB")
+assert RSOC.size == 12
 
 _NACA = 0x04  # CONTROL byte bit 2 ([SAM-5] 5.2); we do not support ACA.
 _PROTECT_MASK = 0xE0  # RD/WR/VRPROTECT, byte 1 bits 7-5: we have no protection information.
@@ -266,8 +292,39 @@ class ReportLuns:
     alloc: int
 
 
+@dataclass(frozen=True, slots=True)
+class PersistentReserveIn:
+    action: int
+    alloc: int
+
+
+@dataclass(frozen=True, slots=True)
+class PersistentReserveOut:
+    action: int
+    scope: int
+    type: int
+    param_len: int
+
+
+@dataclass(frozen=True, slots=True)
+class Reserve6:
+    """RESERVE(6) or, with ``release``, RELEASE(6) (SPC-2 reservations)."""
+
+    release: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ReportOpcodes:
+    rctd: bool
+    options: int
+    opcode: int
+    action: int
+    alloc: int
+
+
 Cdb = (BlockIo | CompareAndWrite | WriteSame | Unmap | NoData | Inquiry | RequestSense
-       | ModeSense | ModeSelect | ReadCapacity10 | ReadCapacity16 | GetLbaStatus | ReportLuns)
+       | ModeSense | ModeSelect | ReadCapacity10 | ReadCapacity16 | GetLbaStatus | ReportLuns
+       | PersistentReserveIn | PersistentReserveOut | Reserve6 | ReportOpcodes)
 
 
 # ---------------------------------------------------------------- helpers
@@ -293,6 +350,11 @@ def _bytchk(flags: int) -> bool:
     if value > 1:
         raise CheckCondition.invalid_cdb(1, 2)
     return value == 1
+
+
+def length_byte(opcode: int) -> int:
+    """Index of the TRANSFER LENGTH field of a block CDB, for field pointers."""
+    return {0: 4, 1: 7, 2: 7, 4: 10, 5: 6}.get(opcode >> 5, 0)
 
 
 def _lba_len(opcode: int, cdb: bytes) -> tuple[int, int, int]:
@@ -440,6 +502,30 @@ def _report_luns(cdb: bytes) -> Cdb:
     return ReportLuns(select, alloc)
 
 
+def _pr_in(cdb: bytes) -> Cdb:
+    _, action, alloc, _ = _unpack(PR_IN, cdb)
+    return PersistentReserveIn(action & 0x1F, alloc)
+
+
+def _pr_out(cdb: bytes) -> Cdb:
+    _, action, scope_type, length, _ = _unpack(PR_OUT, cdb)
+    return PersistentReserveOut(action & 0x1F, scope_type >> 4, scope_type & 0x0F, length)
+
+
+def _reserve6(cdb: bytes) -> Cdb:
+    _unpack(SIMPLE6, cdb)
+    if cdb[1] & 0x1F:  # third-party and extent reservations are obsolete ([SPC-2] 7.21)
+        raise CheckCondition.invalid_cdb(1, 4)
+    return Reserve6(release=cdb[0] == Opcode.RELEASE_6)
+
+
+def _maintenance_in(cdb: bytes) -> Cdb:
+    _, action, flags, opcode, requested_sa, alloc, _ = _unpack(RSOC, cdb)
+    if action & 0x1F != MAINTENANCE_IN_REPORT_SUPPORTED_OPCODES:
+        raise CheckCondition.invalid_cdb(1, 4)
+    return ReportOpcodes(bool(flags & 0x80), flags & 0x07, opcode, requested_sa, alloc)
+
+
 SERVICE_ACTION_IN_16: dict[int, Callable[[bytes], Cdb]] = {
     ServiceActionIn16.READ_CAPACITY_16: _read_capacity16,
     ServiceActionIn16.GET_LBA_STATUS: _get_lba_status,
@@ -486,6 +572,11 @@ OPCODES: dict[int, Callable[[bytes], Cdb]] = {
     Opcode.WRITE_SAME_16: _write_same,
     Opcode.SERVICE_ACTION_IN_16: _service_action_in16,
     Opcode.REPORT_LUNS: _report_luns,
+    Opcode.PERSISTENT_RESERVE_IN: _pr_in,
+    Opcode.PERSISTENT_RESERVE_OUT: _pr_out,
+    Opcode.RESERVE_6: _reserve6,
+    Opcode.RELEASE_6: _reserve6,
+    Opcode.MAINTENANCE_IN: _maintenance_in,
     Opcode.READ_12: _rw(IoKind.READ),
     Opcode.WRITE_12: _rw(IoKind.WRITE),
     Opcode.WRITE_AND_VERIFY_12: _verify(IoKind.WRITE_AND_VERIFY),

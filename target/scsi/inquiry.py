@@ -124,7 +124,7 @@ _TYPE_T10, _TYPE_NAA, _TYPE_REL_PORT, _TYPE_SCSI_NAME = 1, 3, 4, 8
 _PROTO_ISCSI = 5
 
 
-def _device_identification(ident: Identity, _nblocks: int) -> bytes:
+def _device_identification(ident: Identity, _bs: int) -> bytes:
     body = _designator(_BINARY, _ASSOC_LU, _TYPE_NAA, ident.naa())
     body += _designator(_ASCII, _ASSOC_LU, _TYPE_T10,
                         _ascii(VENDOR, 8) + ident.serial.encode("ascii"))
@@ -138,14 +138,15 @@ def _device_identification(ident: Identity, _nblocks: int) -> bytes:
     return _page(0x83, body)
 
 
-def _unit_serial(ident: Identity, _nblocks: int) -> bytes:
+def _unit_serial(ident: Identity, _bs: int) -> bytes:
     return _page(0x80, ident.serial.encode("ascii"))
 
 
 # Block Limits body after the 4-byte header ([SBC-3] 6.6.3 table 200, page length 0x3C):
 # 4 WSNZ, 5 MAX C&W, 6-7 OTLG, 8-11 MAX XFER, 12-15 OPT XFER, 16-19 MAX PREFETCH,
 # 20-23 MAX UNMAP LBA, 24-27 MAX UNMAP DESC, 28-31 OPT UNMAP GRAN, 32-35 UGAVALID/ALIGN,
-# 36-43 MAX WRITE SAME, 44-63 atomic fields (0: no WRITE ATOMIC).
+# 36-43 MAX WRITE SAME, 44-63 atomic fields (0: no WRITE ATOMIC). MAX PREFETCH 0: no limit
+# (PRE-FETCH only checks the range; the page cache does the rest).
 _BLOCK_LIMITS = struct.Struct(">BBHIIIIIIIQ20x")
 assert _BLOCK_LIMITS.size == 0x3C
 
@@ -154,7 +155,7 @@ def block_limits(block_size: int) -> bytes:
     max_xfer = MAX_TRANSFER_BYTES // block_size
     return _page(0xB0, _BLOCK_LIMITS.pack(
         0, MAX_COMPARE_AND_WRITE_BLOCKS, 1, max_xfer, OPTIMAL_TRANSFER_BYTES // block_size,
-        max_xfer, MAX_UNMAP_LBA_COUNT, MAX_UNMAP_DESCRIPTORS, 1, 0, MAX_WRITE_SAME_BLOCKS,
+        0, MAX_UNMAP_LBA_COUNT, MAX_UNMAP_DESCRIPTORS, 1, 0, MAX_WRITE_SAME_BLOCKS,
     ))
 
 

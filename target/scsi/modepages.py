@@ -150,7 +150,7 @@ def mode_select(state: ModeState, cdb: ModeSelect, data: bytes, *, block_size: i
         return False
     hdr = _HDR10 if cdb.ten else _HDR6
     if len(data) < hdr.size:
-        raise CheckCondition.illegal(Asc.PARAMETER_LIST_LENGTH_ERROR)
+        raise CheckCondition.illegal_param_length()
     if cdb.ten:
         mdl, _medium, _dsp, longlba, bd_len = hdr.unpack_from(data)
     else:
@@ -164,7 +164,7 @@ def mode_select(state: ModeState, cdb: ModeSelect, data: bytes, *, block_size: i
         raise CheckCondition.invalid_param(hdr.size - 1)
     if bd_len:
         if len(data) < pos + bd_len:
-            raise CheckCondition.illegal(Asc.PARAMETER_LIST_LENGTH_ERROR)
+            raise CheckCondition.illegal_param_length()
         # Only the block length is checked: it must be the LU's ([SBC-3] 6.4.2).
         length = (int.from_bytes(data[pos + 5:pos + 8]) if bd_size == 8
                   else int.from_bytes(data[pos + 12:pos + 16]))
@@ -174,7 +174,7 @@ def mode_select(state: ModeState, cdb: ModeSelect, data: bytes, *, block_size: i
     staged: dict[int, bytearray] = {}
     while pos < len(data):
         if len(data) < pos + 2:
-            raise CheckCondition.illegal(Asc.PARAMETER_LIST_LENGTH_ERROR)
+            raise CheckCondition.illegal_param_length()
         code, plen = data[pos] & 0x3F, data[pos + 1]
         if data[pos] & 0x40:  # SPF: no subpages here
             raise CheckCondition.invalid_param(pos, 6)
@@ -184,7 +184,7 @@ def mode_select(state: ModeState, cdb: ModeSelect, data: bytes, *, block_size: i
         if plen != page.default[1]:
             raise CheckCondition.invalid_param(pos + 1)
         if len(data) < pos + 2 + plen:
-            raise CheckCondition.illegal(Asc.PARAMETER_LIST_LENGTH_ERROR)
+            raise CheckCondition.illegal_param_length()
         current = staged.get(code, state.pages[code])
         new = bytearray(current)
         for i in range(2, plen + 2):

@@ -137,7 +137,7 @@ class FieldPointer:
         return struct.pack(">BH", b0, self.byte)
 
 
-class CheckCondition(Exception):  # noqa: N818 - the name is the SCSI status it becomes
+class CheckCondition(Exception):
     """A command ends with CHECK CONDITION and this sense."""
 
     def __init__(self, key: SenseKey, asc: Asc, *, field: FieldPointer | None = None,
@@ -163,6 +163,11 @@ class CheckCondition(Exception):  # noqa: N818 - the name is the SCSI status it 
     @classmethod
     def illegal(cls, asc: Asc) -> CheckCondition:
         return cls(SenseKey.ILLEGAL_REQUEST, asc)
+
+    @classmethod
+    def illegal_param_length(cls) -> CheckCondition:
+        """05h/1Ah/00h PARAMETER LIST LENGTH ERROR."""
+        return cls(SenseKey.ILLEGAL_REQUEST, Asc.PARAMETER_LIST_LENGTH_ERROR)
 
     @classmethod
     def lba_out_of_range(cls) -> CheckCondition:
@@ -194,7 +199,7 @@ assert _DESC_HDR.size == 8
 # Information descriptor ([SPC-4] 4.5.2.2): type 0, length 0x0A, VALID(7), reserved, 8-byte value.
 _DESC_INFO = struct.Struct(">BBBxQ")
 assert _DESC_INFO.size == 12
-# Sense key specific descriptor ([SPC-4] 4.5.2.3): type 2, length 6, 2 reserved, 3 bytes, 1 reserved.
+# Sense key specific descriptor ([SPC-4] 4.5.2.3): type 2, length 6, 2 reserved, 3 bytes, 1 rsvd.
 _DESC_SKS = struct.Struct(">BB2x3sx")
 assert _DESC_SKS.size == 8
 

@@ -1,0 +1,273 @@
+"""A SCSI direct-access logical unit over a :class:`BlockDevice` (sans-I/O).
+
+Theory of operation
+-------------------
+:meth:`LogicalUnit.execute` takes a :class:`ScsiCommand` and returns a
+:class:`ScsiResponse`. It never raises: every failure becomes a status here,
+at one boundary (STYLE.md rule 4):
+
+- :class:`CheckCondition` from decoding or a handler → CHECK CONDITION with
+  fixed or descriptor sense (control page D_SENSE);
+- engine errors → OutOfRangeError 05h/21h/00h, ReadOnlyError 07h/27h/00h,
+  SecondaryFullError 07h/27h/07h (space allocation failed), AlignmentError
+  05h/24h/00h, any other EngineError (or bug) 04h/44h/00h, logged; the
+  transport never sees an exception from the SCSI layer.
+
+Check order follows scsi.md §1 (close to LIO): pending UNIT ATTENTION (except
+for INQUIRY, REPORT LUNS, REQUEST SENSE) → opcode → CDB fields → reservation
+conflict (status 18h, no sense) → LBA range → write protect → data transfer →
+parameter list.
+
+Durability without blocking the event loop
+------------------------------------------
+The engine's read and write calls are plain synchronous calls meant to run
+inline on the event loop (page-cache I/O costs microseconds). Only making data
+durable blocks (fsync). So the LU never asks the device to be durable itself:
+for SYNCHRONIZE CACHE, FUA writes, WRITE AND VERIFY, a MODE SELECT that turns
+WCE off and every medium change while WCE=0, it issues the non-blocking work
+(``device.write`` without ``fua``) and returns a response with
+``flush_before_status=True``. The transport then calls
+:meth:`LogicalUnit.complete_flush` in a worker thread (where ``device.flush()``
+runs; the engine's group commit lets one fsync serve many such waiters) and
+sends the response that call returns. That call touches nothing but
+``device.flush`` and the D_SENSE bit, so it is safe beside ``execute``; a
+failing flush becomes CHECK CONDITION through the same error mapping. Status
+reaches the initiator only after the data is stable, as [SBC-3] 4.11 (FUA) and
+5.22 (SYNCHRONIZE CACHE) require.
+
+Unit attentions are queued per I_T nexus ([SAM-5] 5.14, [SPC-4] 5.11): a nexus
+the LU has not seen before gets 29h/00h POWER ON, RESET, OR BUS DEVICE RESET
+OCCURRED once. A nexus is an opaque hashable key chosen by the transport.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid as uuidlib
+from collections import deque
+from collections.abc import Callable, Hashable, Sequence
+
+from target.scsi import opcodes, reservations, sbc, spc
+from target.scsi.cdb import Opcode, decode
+from target.scsi.command import Outcome, ScsiCommand, ScsiResponse
+from target.scsi.inquiry import Identity
+from target.scsi.modepages import ModeState
+from target.scsi.reservations import ReservationConflict, Reservations
+from target.scsi.sense import (
+    Asc,
+    CheckCondition,
+    ScsiStatus,
+    SenseKey,
+    build_sense,
+)
+from volume_manager.blockdev import BlockDevice
+from volume_manager.errors import (
+    AlignmentError,
+    EngineError,
+    OutOfRangeError,
+    ReadOnlyError,
+    SecondaryFullError,
+)
+
+__all__ = ["LogicalUnit", "UnitAttentions"]
+
+log = logging.getLogger(__name__)
+
+# Commands that neither report nor clear a pending unit attention ([SAM-5] 5.14).
+_UA_EXEMPT = frozenset({Opcode.INQUIRY, Opcode.REPORT_LUNS, Opcode.REQUEST_SENSE})
+
+
+# Dispatch by CDB type; block I/O is dispatched again by kind inside sbc.
+HANDLERS: dict[type, Callable[..., Outcome]] = {
+    **spc.HANDLERS, **sbc.HANDLERS, **reservations.HANDLERS, **opcodes.HANDLERS,
+}
+
+
+class UnitAttentions:
+    """Pending unit attention conditions, one FIFO queue per I_T nexus."""
+
+    def __init__(self) -> None:
+        self._queues: dict[Hashable, deque[Asc]] = {}
+
+    def _queue(self, nexus: Hashable) -> deque[Asc]:
+        queue = self._queues.get(nexus)
+        if queue is None:
+            queue = self._queues[nexus] = deque([Asc.POWER_ON_RESET])
+        return queue
+
+    def establish(self, asc: Asc, *, exclude: Hashable | None = None) -> None:
+        """Queue ``asc`` for every known nexus but ``exclude`` (at most once each)."""
+        for nexus, queue in self._queues.items():
+            if nexus != exclude and asc not in queue:
+                queue.append(asc)
+
+    def establish_for(self, asc: Asc, nexus: Hashable) -> None:
+        """Queue ``asc`` for one nexus (e.g. the one whose registration was preempted)."""
+        queue = self._queue(nexus)
+        if asc not in queue:
+            queue.append(asc)
+
+    def pop(self, nexus: Hashable) -> Asc | None:
+        queue = self._queue(nexus)
+        return queue.popleft() if queue else None
+
+    def pending(self, nexus: Hashable) -> tuple[Asc, ...]:
+        return tuple(self._queue(nexus))
+
+    def forget(self, nexus: Hashable) -> None:
+        """The nexus is gone (logout, connection loss): it starts afresh next time."""
+        self._queues.pop(nexus, None)
+
+
+def _exception_to_check(exc: Exception) -> CheckCondition:
+    """The one mapping of engine errors to sense."""
+    if isinstance(exc, CheckCondition):
+        return exc
+    if isinstance(exc, OutOfRangeError):
+        return CheckCondition.lba_out_of_range()
+    if isinstance(exc, ReadOnlyError):
+        return CheckCondition(SenseKey.DATA_PROTECT, Asc.WRITE_PROTECTED)
+    if isinstance(exc, SecondaryFullError):
+        return CheckCondition(SenseKey.DATA_PROTECT, Asc.SPACE_ALLOCATION_FAILED_WRITE_PROTECT)
+    if isinstance(exc, AlignmentError):
+        return CheckCondition.illegal(Asc.INVALID_FIELD_IN_CDB)
+    if isinstance(exc, EngineError):
+        log.error("engine error during SCSI command: %s", exc)
+    else:
+        log.exception("internal error in the SCSI layer", exc_info=exc)
+    return CheckCondition(SenseKey.HARDWARE_ERROR, Asc.INTERNAL_TARGET_FAILURE)
+
+
+class LogicalUnit:
+    """One direct-access LU. Single-threaded: call ``execute`` from one thread only."""
+
+    def __init__(self, device: BlockDevice, *, uuid: uuidlib.UUID, product: str = "CDP VOLUME",
+                 target_name: str | None = None,
+                 lun_list: Callable[[], Sequence[int]] | None = None) -> None:
+        self.device = device
+        self.identity = Identity(uuid, product=product, target_name=target_name)
+        self.mode = ModeState()
+        self.unit_attentions = UnitAttentions()
+        self.reservations = Reservations()
+        self._lun_list = lun_list
+
+    def luns(self) -> Sequence[int]:
+        """LUN numbers of the owning target, for REPORT LUNS (LUN 0 alone by default)."""
+        return self._lun_list() if self._lun_list is not None else (0,)
+
+    # ------------------------------------------------------------ helpers
+    @property
+    def block_size(self) -> int:
+        return self.device.block_size
+
+    @property
+    def num_blocks(self) -> int:
+        return self.device.num_blocks
+
+    def check_range(self, lba: int, blocks: int) -> None:
+        """05h/21h/00h unless [lba, lba+blocks) is on the medium ([SBC-3] 4.5).
+
+        Python ints are unbounded, so LBA 2^64-1 plus any count is handled exactly.
+        """
+        if lba + blocks > self.device.num_blocks:
+            raise CheckCondition.lba_out_of_range()
+
+    def check_writable(self) -> None:
+        if self.device.read_only:
+            raise CheckCondition(SenseKey.DATA_PROTECT, Asc.WRITE_PROTECTED)
+
+    def needs_flush(self, fua: bool = False) -> bool:
+        """Whether a medium change must be stable before status: FUA, or WCE=0."""
+        return fua or not self.mode.wce
+
+    @staticmethod
+    def data_out(cmd: ScsiCommand, wanted: int, unit: int = 1) -> memoryview:
+        """The Data-Out bytes to use: min(wanted, EDTL, received), in whole ``unit``s.
+
+        iscsi.md §7: write only the blocks actually received; the residual is
+        reported by ``execute`` from ``wanted`` and EDTL.
+        """
+        buf = memoryview(cmd.data_out if cmd.data_out is not None else b"")
+        n = min(wanted, cmd.expected_length, len(buf))
+        return buf[: n - n % unit]
+
+    @staticmethod
+    def exact_data_out(cmd: ScsiCommand, size: int) -> memoryview:
+        """Data-Out that must be exactly ``size`` bytes (COMPARE AND WRITE, WRITE SAME)."""
+        buf = memoryview(cmd.data_out if cmd.data_out is not None else b"")
+        if cmd.expected_length != size or len(buf) < size:
+            raise CheckCondition.illegal(Asc.INVALID_FIELD_IN_INFORMATION_UNIT)
+        return buf[:size]
+
+    # ------------------------------------------------------------ execute
+    def execute(self, cmd: ScsiCommand) -> ScsiResponse:
+        try:
+            outcome = self._run(cmd)
+        except ReservationConflict:
+            return ScsiResponse(ScsiStatus.RESERVATION_CONFLICT,
+                                residual_underflow=cmd.expected_length)
+        except Exception as exc:  # the boundary: nothing escapes to the transport
+            return self._check_condition(_exception_to_check(exc), cmd)
+        return self._respond(outcome, cmd)
+
+    def _run(self, cmd: ScsiCommand) -> Outcome:
+        opcode = cmd.cdb[0] if len(cmd.cdb) else -1
+        if opcode not in _UA_EXEMPT:
+            ua = self.unit_attentions.pop(cmd.nexus)
+            if ua is not None:
+                raise CheckCondition(SenseKey.UNIT_ATTENTION, ua)
+        cdb = decode(cmd.cdb)
+        self.reservations.check(cmd.nexus, cmd.cdb)
+        return HANDLERS[type(cdb)](self, cdb, cmd)
+
+    def _respond(self, outcome: Outcome, cmd: ScsiCommand) -> ScsiResponse:
+        wanted = len(outcome.data) if outcome.wanted is None else outcome.wanted
+        edtl = cmd.expected_length
+        return ScsiResponse(
+            outcome.status,
+            outcome.data[:edtl] if len(outcome.data) > edtl else outcome.data,
+            residual_overflow=max(wanted - edtl, 0),
+            residual_underflow=max(edtl - wanted, 0),
+            flush_before_status=outcome.flush,
+        )
+
+    def _check_condition(self, cc: CheckCondition, cmd: ScsiCommand) -> ScsiResponse:
+        # Nothing was transferred: the whole EDTL is residual, as tgt reports it.
+        return ScsiResponse(ScsiStatus.CHECK_CONDITION,
+                            sense=build_sense(cc, descriptor=self.mode.d_sense),
+                            residual_underflow=cmd.expected_length)
+
+    def complete_flush(self, cmd: ScsiCommand, response: ScsiResponse) -> ScsiResponse:
+        """Run in a worker thread for a response with ``flush_before_status``.
+
+        Blocks in ``device.flush()`` and returns the response to send: the
+        original one (flag cleared), or CHECK CONDITION if the flush failed.
+        """
+        try:
+            self.device.flush()
+        except Exception as exc:
+            return self._check_condition(_exception_to_check(exc), cmd)
+        return ScsiResponse(response.status, response.data_in, response.sense,
+                            response.residual_overflow, response.residual_underflow, False)
+
+    # ------------------------------------------------------- events from outside
+    def nexus_lost(self, nexus: Hashable) -> None:
+        """Logout or connection loss: UAs start afresh; an SPC-2 reservation is released."""
+        self.unit_attentions.forget(nexus)
+        self.reservations.nexus_lost(nexus)
+
+    def reset(self) -> None:
+        """LOGICAL UNIT RESET ([SAM-5] 6.6): 29h/03h to every nexus, requester included.
+
+        Persistent reservations survive it; an SPC-2 reservation does not.
+        """
+        self.unit_attentions.establish(Asc.BUS_DEVICE_RESET)
+        self.reservations.reset()
+
+    def capacity_changed(self) -> None:
+        """The device was resized (2Ah/09h to all; Linux rescans)."""
+        self.unit_attentions.establish(Asc.CAPACITY_DATA_CHANGED)
+
+    def medium_changed(self) -> None:
+        """The volume under this LU was rewound or replaced (28h/00h to all)."""
+        self.unit_attentions.establish(Asc.MEDIUM_MAY_HAVE_CHANGED)
