@@ -10,7 +10,7 @@ PACKAGES := switch target volume_manager policies
 PACKAGE_INITS := $(wildcard $(addsuffix /__init__.py,$(PACKAGES)))
 
 # Debian packages the tests need (space separated). Empty is fine: `deps` then does nothing.
-DEB_PACKAGES ?=
+DEB_PACKAGES ?= libiscsi-bin qemu-utils qemu-block-extra
 
 # Root needs no sudo; anyone else gets it prefixed.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)

@@ -1,0 +1,97 @@
+"""Serve one protected volume over iSCSI, for manual testing and subprocess tests.
+
+    python -m switch.iscsi_serve --volume DIR --primary FILE --size BYTES --iqn IQN --port N
+
+Creates the protected volume in DIR (its primary FILE, thin, of BYTES) or opens the one
+already there, exports it as LUN 0 of IQN on 127.0.0.1 (``--host`` to change), prints
+``ready <port>`` once listening (``--port 0`` picks a free port), and on SIGTERM/SIGINT
+stops serving gracefully and closes the volume cleanly.
+
+It lives in ``switch`` (the composition root) rather than in ``target.iscsi.server``
+because ``target`` may import only the block-device interface of ``volume_manager``
+(DESIGN.md "Layers", enforced by tests/test_layout.py), and this opens a ``Volume``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+import uuid
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, cast
+
+from target.iscsi.server import Target, start_server
+from target.scsi.lu import LogicalUnit
+from volume_manager import BlockDevice, Volume
+
+DEFAULT_IQN = "iqn.2026-11.org.cdpswitch:vol0"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m switch.iscsi_serve",
+                                     description="Serve one protected volume over iSCSI.")
+    parser.add_argument("--volume", required=True, help="secondary directory of the volume")
+    parser.add_argument("--primary", help="primary file (needed to create the volume)")
+    parser.add_argument("--size", type=int, help="primary size in bytes if it must be created")
+    parser.add_argument("--iqn", default=DEFAULT_IQN)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=3260, help="0 picks a free port")
+    return parser
+
+
+def open_volume(directory: str, primary: str | None, size: int | None) -> Volume:
+    if os.path.exists(os.path.join(directory, "catalog.db")):
+        return Volume.open(directory)
+    if primary is None:
+        raise SystemExit(f"{directory} holds no volume yet: --primary (and --size) needed")
+    return Volume.create(directory, primary, size=size)
+
+
+async def serve(volume: Volume, iqn: str, host: str, port: int) -> None:
+    # Volume.write returns the record's sequence number where the interface says None.
+    device = cast(BlockDevice, volume)
+    lu = LogicalUnit(device, uuid=uuid.UUID(bytes=volume.uuid), target_name=iqn)
+    server = await start_server([Target(iqn, {0: lu})], host, port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    print(f"ready {server.port}", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        server.close()
+        await server.wait_closed()
+
+
+def _runner() -> Callable[[Coroutine[Any, Any, None]], None]:
+    """uvloop when installed (DESIGN.md dependencies), else the default loop."""
+    try:
+        import uvloop  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return asyncio.run
+
+    def run(main: Coroutine[Any, Any, None]) -> None:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(main)
+
+    return run
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    volume = open_volume(args.volume, args.primary, args.size)
+    try:
+        _runner()(serve(volume, args.iqn, args.host, args.port))
+    finally:
+        volume.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,437 @@
+"""The asyncio shell around the sans-I/O iSCSI core (STYLE.md section 2 and rule 5; DESIGN.md
+"Measuring performance"). The only module of target/iscsi that does I/O.
+
+Theory of operation:
+
+- One ``IscsiProtocol`` (an ``asyncio.BufferedProtocol``) per TCP connection. The loop
+  receives straight into the protocol's own 1 MiB buffer and ``buffer_updated`` hands a
+  memoryview of it to ``Connection.receive_data``. The buffer is reused from offset 0 on
+  every receive: by the time ``receive_data`` returns, the reader has copied any partial PDU
+  and the connection has copied whatever it keeps (framing.py "Lifetime rule"), and every
+  event that reads PDU data is handled before the next receive.
+- Events are handled in order, inline. ``ExecuteCommand`` calls ``LogicalUnit.execute`` as
+  a plain synchronous call on the loop: the engine's reads and writes hit the page cache in
+  microseconds, while a thread hop per command costs 80-100 us of CPU. Only durability
+  leaves the loop: a response with ``flush_before_status`` goes to ``complete_flush`` in a
+  small thread pool (the engine's group commit lets one fsync serve every waiter), and the
+  status is sent when it returns.
+- After each batch (a receive, a tick, a finished flush) everything the connection queued
+  goes out in ONE ``writev`` (sendmsg) of its buffer list (payloads are never joined). A
+  partial send hands the remainder to the transport, which then owns ordering: while it
+  still holds bytes, later batches go through the transport too.
+- Flow control (uvicorn ``flow_control.py``): reading pauses while the transport's write
+  buffer is above its high-water mark (an initiator that does not read its Data-In must not
+  make us queue reads without bound) or while more than ``MAX_FLUSHING`` commands wait for
+  a flush; it resumes when both conditions clear. The CmdSN window bounds the rest.
+- One server-wide timer calls ``Connection.tick`` every ``TICK_SECONDS`` for NOP-In pings,
+  their timeout and window updates.
+- Lifecycle: ``start_server`` -> serving -> ``close()`` (stop accepting, stop reading) ->
+  ``wait_closed()`` (let flushes in flight finish, at most ``grace`` seconds, send their
+  status, close every connection, wait for them to go, stop the flush threads).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import cast
+
+from target.scsi.command import ScsiCommand, ScsiResponse
+from target.scsi.lu import LogicalUnit
+from target.scsi.target_luns import execute_without_lu
+
+from .chap import ChapConfig
+from .connection import Connection, NopPolicy
+from .discovery import Portal, VisibleTarget
+from .events import (
+    CloseConnection,
+    Event,
+    ExecuteCommand,
+    LoggedOut,
+    LoginComplete,
+    Nexus,
+    TaskManagement,
+)
+from .login import PortalConfig, TargetEntry
+from .pdu import Buffer, TaskFunction
+
+__all__ = ["IscsiProtocol", "IscsiServer", "Target", "start_server"]
+
+log = logging.getLogger(__name__)
+
+RECEIVE_BUFFER = 1 << 20  # holds a whole 256 KiB Data-Out PDU several times over
+TICK_SECONDS = 1.0
+# Commands waiting for a flush before reading pauses: the default CmdSN window, which
+# immediate commands (outside the window) could otherwise exceed.
+MAX_FLUSHING = 128
+DEFAULT_GRACE = 10.0  # seconds in-flight flushes get at shutdown
+FLUSH_THREADS = 2  # group commit: more threads only queue on the same fsync
+try:
+    _IOV_MAX = os.sysconf("SC_IOV_MAX")
+except (ValueError, OSError):  # pragma: no cover - every Linux has it
+    _IOV_MAX = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One exported target: its IQN and LUN map, with optional CHAP and an initiator ACL.
+
+    Build each ``LogicalUnit`` with ``lun_list=lambda: sorted(luns)`` when a target has
+    LUNs other than 0, so REPORT LUNS lists them all."""
+
+    iqn: str
+    luns: Mapping[int, LogicalUnit]
+    chap: ChapConfig | None = None
+    alias: str | None = None
+    allowed_initiators: frozenset[str] | None = None
+
+
+class _Flow:
+    """Why reading is paused; reading resumes when no reason is left."""
+
+    __slots__ = ("_reasons", "_transport")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._reasons: set[str] = set()
+
+    def pause(self, reason: str) -> None:
+        if not self._reasons and not self._transport.is_closing():
+            self._transport.pause_reading()
+        self._reasons.add(reason)
+
+    def resume(self, reason: str) -> None:
+        if reason not in self._reasons:
+            return
+        self._reasons.discard(reason)
+        if not self._reasons and not self._transport.is_closing():
+            self._transport.resume_reading()
+
+
+class IscsiProtocol(asyncio.BufferedProtocol):
+    """The shell of one TCP connection (module docstring)."""
+
+    def __init__(self, server: IscsiServer) -> None:
+        self.server = server
+        self.conn: Connection | None = None
+        self._transport: asyncio.Transport | None = None
+        self._fd = -1  # the socket's descriptor when we write it directly
+        self._flow: _Flow | None = None
+        self._buffer = bytearray(RECEIVE_BUFFER)
+        self._view = memoryview(self._buffer)
+        self._luns: Mapping[int, LogicalUnit] = {}
+        self._nexus: Nexus | None = None  # set at login, cleared once its loss is reported
+        self.flushing: set[asyncio.Future[ScsiResponse]] = set()
+        self._closing = False
+        self.closed = asyncio.get_running_loop().create_future()
+
+    # --- asyncio callbacks ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport = cast(asyncio.Transport, transport)
+        self._flow = _Flow(transport)
+        sock = transport.get_extra_info("socket")
+        # Write to the socket ourselves only under asyncio's selector loop (whose transport
+        # holds nothing we could overtake while its buffer is empty) and without TLS; other
+        # loops (uvloop) get the transport's writelines, which they implement as writev.
+        loop = asyncio.get_running_loop()
+        if (isinstance(loop, asyncio.SelectorEventLoop) and sock is not None
+                and transport.get_extra_info("sslcontext") is None):  # fmt: skip
+            self._fd = sock.fileno()
+        local = transport.get_extra_info("sockname")
+        server = self.server
+        self.conn = Connection(
+            server.portal, luns=server.luns_of,
+            visible_targets=lambda initiator: server.visible_to(initiator, local),
+            allocate_tsih=server.allocate_tsih, nop=server.nop,
+        )  # fmt: skip
+        server.connections.add(self)
+        if server.closing:
+            self.close()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        conn = self.conn
+        assert conn is not None
+        self._handle(conn.receive_data(self._view[:nbytes]))
+        self._send()
+
+    def eof_received(self) -> bool:
+        return False  # close our side too: at ERL 0 a half-closed connection is useless
+
+    def pause_writing(self) -> None:
+        if self._flow is not None:
+            self._flow.pause("write buffer full")
+
+    def resume_writing(self) -> None:
+        if self._flow is not None:
+            self._flow.resume("write buffer full")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        conn = self.conn
+        if conn is not None:
+            self._handle(conn.receive_eof())
+        self._nexus_lost()
+        self._closing = True
+        self.server.connections.discard(self)
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    # --- events -----------------------------------------------------------------------------
+
+    def _handle(self, events: Iterable[Event]) -> None:
+        for event in events:
+            if isinstance(event, ExecuteCommand):
+                self._execute(event)
+            elif isinstance(event, LoginComplete):
+                conn = self.conn
+                assert conn is not None
+                self._nexus = conn.nexus
+                self._luns = cast(Mapping[int, LogicalUnit], conn.luns)
+            elif isinstance(event, TaskManagement):
+                self._task_management(event)
+            elif isinstance(event, LoggedOut):
+                self._nexus_lost()
+            elif isinstance(event, CloseConnection):
+                log.debug("closing iSCSI connection: %s", event.reason)
+                self._closing = True
+            # TasksAborted: a flush in a thread cannot be stopped; its late ``complete`` is
+            # ignored by the connection (RFC 7143 section 4.2.3.2: no response ever).
+
+    def _execute(self, event: ExecuteCommand) -> None:
+        conn = self.conn
+        assert conn is not None
+        command = event.command
+        lu = cast(LogicalUnit | None, event.lu)  # the server built the LUN map
+        if lu is None:
+            conn.complete(event.task_tag, execute_without_lu(command, sorted(self._luns)))
+            return
+        response = lu.execute(command)  # inline on the loop, by design (module docstring)
+        if not response.flush_before_status:
+            conn.complete(event.task_tag, response)
+            return
+        future = asyncio.wrap_future(
+            self.server.flush_pool.submit(lu.complete_flush, command, response)
+        )
+        self.flushing.add(future)
+        if len(self.flushing) > MAX_FLUSHING and self._flow is not None:
+            self._flow.pause("flushes outstanding")
+        future.add_done_callback(
+            lambda f: self._flushed(event.task_tag, command, f)
+        )
+
+    def _flushed(self, task_tag: int, command: ScsiCommand,
+                 future: asyncio.Future[ScsiResponse]) -> None:
+        self.flushing.discard(future)
+        if len(self.flushing) <= MAX_FLUSHING // 2 and self._flow is not None:
+            self._flow.resume("flushes outstanding")
+        conn = self.conn
+        if conn is None or future.cancelled():
+            return
+        error = future.exception()
+        if error is not None:  # complete_flush never raises; a dead pool can (shutdown)
+            log.error("flush for task %#x failed outside the LU: %r", task_tag, error)
+            self.close()
+            return
+        conn.complete(task_tag, future.result())
+        self._send()
+
+    def _task_management(self, event: TaskManagement) -> None:
+        """The TMF response is already queued; carry out the effect on the LU(s)."""
+        if event.function not in (TaskFunction.LOGICAL_UNIT_RESET,
+                                  TaskFunction.TARGET_WARM_RESET):  # fmt: skip
+            return  # ABORT TASK SET / CLEAR TASK SET: the connection dropped the tasks
+        lu = cast(LogicalUnit | None, event.lu)
+        for unit in self._luns.values() if lu is None else (lu,):
+            unit.reset()
+
+    def _nexus_lost(self) -> None:
+        """Logout or connection loss: the I_T nexus is gone on every LU of the target."""
+        nexus, self._nexus = self._nexus, None
+        if nexus is None:
+            return
+        for lu in self._luns.values():
+            lost = getattr(lu, "nexus_lost", None)
+            if lost is not None:
+                lost(nexus)
+
+    # --- output -----------------------------------------------------------------------------
+
+    def _send(self) -> None:
+        """Send what the connection queued: one sendmsg (module docstring)."""
+        conn, transport = self.conn, self._transport
+        assert conn is not None and transport is not None
+        buffers = conn.data_to_send()
+        if buffers and not transport.is_closing():
+            self._write(transport, buffers)
+        if self._closing:
+            self.close()
+
+    def _write(self, transport: asyncio.Transport, buffers: list[Buffer]) -> None:
+        fd = self._fd
+        if fd < 0 or transport.get_write_buffer_size():
+            transport.writelines(buffers)  # keeps order behind bytes the transport holds
+            return
+        for start in range(0, len(buffers), _IOV_MAX):
+            group = buffers[start : start + _IOV_MAX]
+            try:
+                # writev is sendmsg without ancillary data; asyncio's TransportSocket wrapper
+                # hides sendmsg, but the descriptor is the connected, non-blocking socket.
+                sent = os.writev(fd, group)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:  # let the transport meet the error and report connection_lost
+                transport.writelines(buffers[start:])
+                return
+            rest = _remainder(group, sent)
+            if rest:  # the socket buffer is full: the transport sends the rest when it can
+                transport.writelines(rest + buffers[start + _IOV_MAX :])
+                return
+
+    def close(self) -> None:
+        self._closing = True
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.close()  # sends what the transport still holds, then closes
+
+    def shutdown(self) -> None:
+        """Server shutdown, first step: read no more commands."""
+        if self._flow is not None:
+            self._flow.pause("server shutting down")  # never resumed
+
+    def tick(self, now: float) -> None:
+        conn = self.conn
+        if conn is None or self._closing:
+            return
+        self._handle(conn.tick(now))
+        self._send()
+
+
+def _remainder(buffers: Sequence[Buffer], sent: int) -> list[Buffer]:
+    """What ``sendmsg`` left of ``buffers`` after ``sent`` bytes."""
+    for i, buf in enumerate(buffers):
+        size = memoryview(buf).nbytes
+        if sent < size:
+            return [memoryview(buf).cast("B")[sent:], *buffers[i + 1 :]]
+        sent -= size
+    return []
+
+
+class IscsiServer:
+    """The listening portal and its connections. Create with ``start_server``."""
+
+    def __init__(self, targets: Iterable[Target], *, nop: NopPolicy | None = None,
+                 grace: float = DEFAULT_GRACE, cmd_window: int = 128) -> None:
+        self.targets: dict[str, Target] = {t.iqn.lower(): t for t in targets}
+        self.portal = PortalConfig(
+            targets={name: TargetEntry(t.iqn, t.alias, t.chap, t.allowed_initiators)
+                     for name, t in self.targets.items()},
+            cmd_window=cmd_window,
+        )  # fmt: skip
+        self.nop = nop
+        self.grace = grace
+        self.connections: set[IscsiProtocol] = set()
+        self.flush_pool = ThreadPoolExecutor(FLUSH_THREADS, thread_name_prefix="iscsi-flush")
+        self.closing = False
+        self._tsih = itertools.count(1)
+        self._server: asyncio.Server | None = None
+        self._ticker: asyncio.TimerHandle | None = None
+        self._port = 0
+        self._closed: asyncio.Task[None] | None = None
+
+    @property
+    def port(self) -> int:
+        """The TCP port listened on (useful after binding port 0)."""
+        return self._port
+
+    # --- what connections ask ---------------------------------------------------------------
+
+    def luns_of(self, target_name: str) -> Mapping[int, object]:
+        target = self.targets.get(target_name.lower())
+        return target.luns if target is not None else {}
+
+    def visible_to(self, initiator: str, local: object) -> list[VisibleTarget]:
+        """SendTargets: the targets this initiator may log in to, at the address it used."""
+        portals: tuple[Portal, ...] = ()
+        if isinstance(local, tuple) and len(local) >= 2:
+            portals = (Portal(str(local[0]), int(local[1]), self.portal.portal_group_tag),)
+        return [
+            VisibleTarget(t.iqn, portals) for t in self.targets.values()
+            if t.allowed_initiators is None or initiator in t.allowed_initiators
+        ]  # fmt: skip
+
+    def allocate_tsih(self) -> int:
+        return (next(self._tsih) - 1) % 0xFFFF + 1  # 16 bits, never 0 (RFC 7143 11.12.6)
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def _listen(self, host: str, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: IscsiProtocol(self), host, port,
+                                                reuse_address=True)  # fmt: skip
+        self._port = int(self._server.sockets[0].getsockname()[1])
+        self._ticker = loop.call_later(TICK_SECONDS, self._tick)
+
+    def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for protocol in list(self.connections):
+            protocol.tick(now)
+        if not self.closing:
+            self._ticker = loop.call_later(TICK_SECONDS, self._tick)
+
+    def close(self) -> None:
+        """Stop accepting connections and reading commands; ``wait_closed`` finishes."""
+        if self.closing:
+            return
+        self.closing = True
+        if self._server is not None:
+            self._server.close()
+        if self._ticker is not None:
+            self._ticker.cancel()
+        for protocol in list(self.connections):
+            protocol.shutdown()
+        self._closed = asyncio.get_running_loop().create_task(self._shutdown())
+
+    async def wait_closed(self) -> None:
+        if self._closed is None:
+            self.close()
+        assert self._closed is not None
+        await asyncio.shield(self._closed)
+
+    async def _shutdown(self) -> None:
+        flushing = {f for p in self.connections for f in p.flushing}
+        if flushing:  # their status goes out from their done callbacks
+            await asyncio.wait(flushing, timeout=self.grace)
+        await asyncio.sleep(0)  # let those callbacks run
+        waiting = [p.closed for p in list(self.connections)]
+        for protocol in list(self.connections):
+            protocol.close()
+        if waiting:
+            await asyncio.wait(waiting, timeout=self.grace)
+        if self._server is not None:
+            await self._server.wait_closed()
+        # Threads still in an fsync are left to finish; the volume's close waits for them.
+        self.flush_pool.shutdown(wait=False)
+
+    async def __aenter__(self) -> IscsiServer:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+        await self.wait_closed()
+
+
+async def start_server(targets: Iterable[Target], host: str = "127.0.0.1", port: int = 3260, *,
+                       nop: NopPolicy | None = None, grace: float = DEFAULT_GRACE,
+                       ) -> IscsiServer:  # fmt: skip
+    """Listen on ``host:port`` (0 picks a free port: see ``IscsiServer.port``)."""
+    server = IscsiServer(targets, nop=nop, grace=grace)
+    await server._listen(host, port)
+    return server
