@@ -155,9 +155,10 @@ def write_same(lu: LogicalUnit, cdb: WriteSame, cmd: ScsiCommand) -> Outcome:
     lu.check_writable()
     bs = lu.block_size
     block = bytes(bs) if cdb.ndob else bytes(lu.exact_data_out(cmd, bs))
-    zero = not any(block)
-    if cdb.unmap and zero:
-        # LBPRZ=1: a deallocated block reads as zeros, so unmapping writes the same data.
+    if cdb.unmap:
+        # UNMAP=1 asks for deallocation ([SBC-3] 5.43); LIO deallocates whatever the data
+        # block holds, and libiscsi's WriteSame*.UnmapUntilEnd sends 0xFF with UNMAP=1 and
+        # expects zeros back (LBPRZ=1), so we deallocate too.
         _unmap_range(lu, cdb.lba, count)
     elif count:
         pattern = block * min(count, CHUNK_BLOCKS)
@@ -207,7 +208,11 @@ def compare_and_write(lu: LogicalUnit, cdb: CompareAndWrite, cmd: ScsiCommand) -
         raise CheckCondition.invalid_cdb(13)
     lu.check_range(cdb.lba, cdb.blocks)
     lu.check_writable()
-    if cdb.blocks == 0:  # [SBC-3] 5.3: not an error, nothing compared or written
+    if cdb.blocks == 0:  # [SBC-3] 5.3: not an error, nothing compared or written...
+        if cmd.expected_length or (cmd.data_out is not None and len(cmd.data_out)):
+            # ...unless data comes with it: libiscsi sends 256 blocks, which the one-byte
+            # field wraps to 0, and expects INVALID FIELD IN CDB (CompareAndWrite.Simple)
+            raise CheckCondition.invalid_cdb(13)
         return Outcome()
     size = cdb.blocks * lu.block_size
     data = lu.exact_data_out(cmd, 2 * size)

@@ -66,7 +66,8 @@ class LuAgainstModel(RuleBasedStateMachine):
         n = self._fit(lba, n)
         resp = run(self.lu, cdb16(0x93, lba, n, 0x08 if unmap else 0), bytes([fill]) * BS)
         assert sense_of(resp) == EXPECT_GOOD
-        self.model[lba * BS:(lba + n) * BS] = bytes([fill]) * (n * BS)
+        # UNMAP=1 deallocates whatever the block holds; LBPRZ=1: it reads as zeros
+        self.model[lba * BS:(lba + n) * BS] = bytes([0 if unmap else fill]) * (n * BS)
 
     @rule(ranges=st.lists(st.tuples(lbas, counts), max_size=3))
     def unmap(self, ranges: list[tuple[int, int]]) -> None:

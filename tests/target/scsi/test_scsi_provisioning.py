@@ -119,9 +119,11 @@ def test_write_same_zero_blocks_means_to_the_end(lu: LogicalUnit) -> None:
 def test_write_same_ndob_and_unmap(lu: LogicalUnit) -> None:
     assert sense_of(run(lu, ws16(0, 3, 0x09), None, edtl=0)) == EXPECT_GOOD  # NDOB + UNMAP
     assert lu.device.read(0, 3) == bytes(3 * BS)
-    # UNMAP with a non-zero block: the block is written, not deallocated.
+    # UNMAP with a non-zero block still deallocates (what LIO does and libiscsi's
+    # WriteSame10.UnmapUntilEnd expects): the blocks read back as zeros (LBPRZ=1).
+    lu.device.write(5, pattern(1, 1) * 2)
     assert sense_of(run(lu, ws10(5, 2, 0x08), pattern(1, 1))) == EXPECT_GOOD
-    assert lu.device.read(5, 2) == pattern(1, 1) * 2
+    assert lu.device.read(5, 2) == bytes(2 * BS)
 
 
 WRITE_SAME_ERRORS: list[tuple[str, bytes, bytes | None, Sense]] = [

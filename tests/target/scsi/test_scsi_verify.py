@@ -147,6 +147,15 @@ def test_compare_and_write_zero_blocks(lu: LogicalUnit) -> None:
     assert sense_of(run(lu, compare_and_write(5, 0), b"")) == EXPECT_GOOD
 
 
+def test_compare_and_write_zero_blocks_with_data_is_invalid(lu: LogicalUnit) -> None:
+    # libiscsi's CompareAndWrite.Simple asks for 256 blocks, which the one-byte field
+    # wraps to 0, with 2 * 256 blocks of data, and expects INVALID FIELD IN CDB.
+    before = lu.device.read(0, NBLOCKS)
+    resp = run(lu, compare_and_write(0, 0), bytes(2 * 4 * BS))
+    assert sense_of(resp) == EXPECT_INVALID_FIELD_IN_CDB
+    assert lu.device.read(0, NBLOCKS) == before
+
+
 @pytest.mark.parametrize("cdb", [cdb10(0x35), cdb10(0x35, 10, 5, 0x02), cdb16(0x91, 0, 0),
                                  cdb16(0x91, NBLOCKS - 1, 1)])
 def test_synchronize_cache_flushes_before_status(lu: LogicalUnit, cdb: bytes) -> None:
