@@ -167,6 +167,48 @@ def _seq_at_time(vol: Volume, ts: int) -> int:
     return maps[-1].to_seq if maps else vol.baseline_seq
 
 
+def read_layered(vol: Volume, changes: np.ndarray, starts: list[int], lba: int,
+                 count: int) -> bytes:
+    """Blocks [lba, lba+count) of the baseline with ``changes`` (a map of every change
+    since the baseline, whose data lives in the log) laid on top.
+
+    ``starts`` is ``changes["lba"].tolist()``: a plain list bisects faster than a
+    strided numpy field, and the slice's rows come out as tuples in one call.
+    """
+    bs = vol.block_size
+    fs = vol.files
+    end = lba + count
+    i = max(bisect.bisect_right(starts, lba) - 1, 0)
+    j = bisect.bisect_left(starts, end, i)
+    pieces = []
+    covered = 0
+    for p_lba, p_count, p_seg, _seq, p_off in changes[i:j].tolist():
+        start = max(p_lba, lba)
+        stop = min(p_lba + p_count, end)
+        if stop > start:
+            pieces.append((start, stop, p_seg, p_off + (start - p_lba) * bs))
+            covered += stop - start
+    if not pieces:
+        return _pad(fs.pread(vol._baseline, count * bs, lba * bs), count * bs)
+    if covered == count:
+        buf = bytearray(count * bs)  # every block comes from the log
+    else:
+        buf = bytearray(_pad(fs.pread(vol._baseline, count * bs, lba * bs), count * bs))
+    for start, stop, p_seg, p_off in pieces:
+        a = (start - lba) * bs
+        n = (stop - start) * bs
+        if p_seg == ext.ZERO_SEG:
+            buf[a: a + n] = bytes(n)
+        else:
+            buf[a: a + n] = fs.pread(vol.segment_fh(p_seg), n, p_off)
+    return bytes(buf)
+
+
+def _pad(data: bytes, size: int) -> bytes:
+    """A short read past the end of a sparse file is zeros."""
+    return data if len(data) == size else data + bytes(size - len(data))
+
+
 class PointInTimeView:
     """The volume as it was at one point: a read-only block device.
 
@@ -209,36 +251,7 @@ class PointInTimeView:
         if self._closed:
             raise VolumeClosedError("view is closed")
         check_range(lba, count, self._vol.num_blocks)
-        bs = self._bs
-        vol = self._vol
-        fs = vol.files
-        end = lba + count
-        # A plain list bisects faster than a strided numpy field, and the
-        # slice's rows come out as tuples in one call.
-        i = max(bisect.bisect_right(self._starts, lba) - 1, 0)
-        j = bisect.bisect_left(self._starts, end, i)
-        pieces = []
-        covered = 0
-        for p_lba, p_count, p_seg, _seq, p_off in self._map[i:j].tolist():
-            start = max(p_lba, lba)
-            stop = min(p_lba + p_count, end)
-            if stop > start:
-                pieces.append((start, stop, p_seg, p_off + (start - p_lba) * bs))
-                covered += stop - start
-        if not pieces:
-            return fs.pread(vol._baseline, count * bs, lba * bs)
-        if covered == count:
-            buf = bytearray(count * bs)  # every block comes from the log
-        else:
-            buf = bytearray(fs.pread(vol._baseline, count * bs, lba * bs))
-        for start, stop, p_seg, p_off in pieces:
-            a = (start - lba) * bs
-            n = (stop - start) * bs
-            if p_seg == ext.ZERO_SEG:
-                buf[a: a + n] = bytes(n)
-            else:
-                buf[a: a + n] = fs.pread(vol.segment_fh(p_seg), n, p_off)
-        return bytes(buf)
+        return read_layered(self._vol, self._map, self._starts, lba, count)
 
     def changed_extents(self) -> np.ndarray:
         """Blocks that differ from the baseline, with where their data lives."""

@@ -335,18 +335,13 @@ def _restore_primary(vol: Volume, ranges: list[tuple[int, int]], seq: int) -> in
     if seq > newest:
         layers.append(vol._tail.extents(newest, seq))
     changed = ext.compose(layers, bs)
+    starts = changed["lba"].tolist()
     step = max(1, (1 << 20) // bs)
     done = 0
     for lba, count in ranges:
         for a in range(lba, lba + count, step):
             n = min(step, lba + count - a)
-            buf = bytearray(fs.pread(vol._baseline, n * bs, a * bs))
-            buf.extend(bytes(n * bs - len(buf)))
-            for p_lba, p_count, p_seg, _s, p_off in ext.clip(changed, a, n, bs).tolist():
-                i, k = (p_lba - a) * bs, p_count * bs
-                buf[i: i + k] = (bytes(k) if p_seg == ext.ZERO_SEG
-                                 else fs.pread(vol.segment_fh(p_seg), k, p_off))
-            fs.pwrite(vol._primary, bytes(buf), a * bs)
+            fs.pwrite(vol._primary, history.read_layered(vol, changed, starts, a, n), a * bs)
             done += n
     fs.fdatasync(vol._primary)
     return done

@@ -569,17 +569,21 @@ class Volume:
         a missing or damaged file is rebuilt from the log, and that is reported."""
         if m._extents is None:
             try:
-                fh = self.files.open(os.path.join(self.map_dir, m.row.file), read_only=True)
-                try:
-                    data = self.files.pread(fh, self.files.size(fh), 0)
-                finally:
-                    self.files.close(fh)
-                m._extents = mapcodec.decode(data).extents
+                m._extents = self._read_map_file(m).extents
             except (CorruptMapError, OSError) as exc:
                 from volume_manager.recovery import rebuild_map
 
                 m._extents = rebuild_map(self, m, str(exc))
         return m._extents
+
+    def _read_map_file(self, m: MapInfo) -> mapcodec.DeltaMap:
+        """Read and decode (checksums verified) the file of a live map."""
+        fh = self.files.open(os.path.join(self.map_dir, m.row.file), read_only=True)
+        try:
+            data = self.files.pread(fh, self.files.size(fh), 0)
+        finally:
+            self.files.close(fh)
+        return mapcodec.decode(data)
 
     def verify(self, progress: Progress | None = None) -> list[str]:
         """Check every log record and every map file; return the problems found.
@@ -609,14 +613,8 @@ class Volume:
                                 f" records seq:{walker.last_seq + 1}..seq:{newest} cannot be"
                                 " verified")
             for m in self.maps:
-                path = os.path.join(self.map_dir, m.row.file)
                 try:
-                    fh = self.files.open(path, read_only=True)
-                    try:
-                        data = self.files.pread(fh, self.files.size(fh), 0)
-                    finally:
-                        self.files.close(fh)
-                    mapcodec.decode(data)
+                    self._read_map_file(m)
                 except (EngineError, OSError) as exc:
                     problems.append(f"delta map {m.row.file}: {exc}")
         return problems
