@@ -17,17 +17,18 @@ not merged; a read lays them on its buffer oldest first, so the newest wins.
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = ["CHUNK_BLOCKS", "PendingMap", "Piece"]
 
 CHUNK_SHIFT = 7
 CHUNK_BLOCKS = 1 << CHUNK_SHIFT
+_W = 5  # fields per record in the flat array
 
 
-@dataclass(slots=True)
-class Piece:
+class Piece(NamedTuple):
     lba: int
     count: int
     seq: int
@@ -35,55 +36,67 @@ class Piece:
     off: int  # byte offset of the data of block ``lba`` in that segment
 
 
+# Why flat arrays and not one object per record: an insert is on every host
+# write, and allocating objects there costs both the allocation and the cyclic
+# garbage collector's repeated walks over tens of thousands of live records.
+# Records live in one array of ints; a chunk maps to a bare record number while
+# one record touches it (the common case) and to an array of numbers after that.
+
+
 class PendingMap:
     def __init__(self, block_size: int) -> None:
         self._bs = block_size
-        self._records: list[Piece] = []
-        self._chunks: dict[int, list[Piece]] = {}
+        self._rec = array("q")  # (lba, count, seq, fh, off) per record, seq order
+        self._base = 0          # record number of _rec's first record
+        self._chunks: dict[int, int | array[int]] = {}
         self.bytes = 0
 
     def __len__(self) -> int:
-        return len(self._records)
+        return len(self._rec) // _W
 
     def insert(self, lba: int, count: int, seq: int, fh: int, off: int) -> None:
         """Add a record; ``seq`` must be larger than every seq already held."""
-        p = Piece(lba, count, seq, fh, off)
-        self._records.append(p)
+        rec = self._rec
+        i = self._base + len(rec) // _W
+        rec.extend((lba, count, seq, fh, off))
         self.bytes += count * self._bs
         chunks = self._chunks
         first = lba >> CHUNK_SHIFT
         last = (lba + count - 1) >> CHUNK_SHIFT
-        if first == last:  # most writes: no loop
-            lst = chunks.get(first)
-            if lst is None:
-                chunks[first] = [p]
-            else:
-                lst.append(p)
+        if first == last and first not in chunks:  # most writes
+            chunks[first] = i
             return
         for c in range(first, last + 1):
-            lst = chunks.get(c)
-            if lst is None:
-                chunks[c] = [p]
+            cur = chunks.get(c)
+            if cur is None:
+                chunks[c] = i
+            elif cur.__class__ is int:
+                chunks[c] = array("q", (cur, i))  # type: ignore[arg-type]
             else:
-                lst.append(p)
+                cur.append(i)  # type: ignore[union-attr]
+
+    def _piece(self, i: int) -> Piece:
+        k = (i - self._base) * _W
+        return Piece(*self._rec[k: k + _W])
 
     def _touching(self, lba: int, count: int) -> list[Piece]:
         """Records overlapping [lba, lba+count), oldest first."""
         chunks = self._chunks
         first, last = lba >> CHUNK_SHIFT, (lba + count - 1) >> CHUNK_SHIFT
-        if first == last:
-            found = chunks.get(first)
-            if not found:
-                return []
-            hits = found
-        else:
-            seen: dict[int, Piece] = {}
-            for c in range(first, last + 1):
-                for p in chunks.get(c, ()):
-                    seen[p.seq] = p
-            hits = [seen[s] for s in sorted(seen)]
+        found: set[int] = set()
+        for c in range(first, last + 1) if first != last else (first,):
+            cur = chunks.get(c)
+            if cur is None:
+                continue
+            if cur.__class__ is int:
+                found.add(cur)  # type: ignore[arg-type]
+            else:
+                found.update(cur)  # type: ignore[arg-type]
+        if not found:
+            return []
         end = lba + count
-        return [p for p in hits if p.lba < end and p.lba + p.count > lba]
+        pieces = (self._piece(i) for i in sorted(found))
+        return [p for p in pieces if p.lba < end and p.lba + p.count > lba]
 
     def overlay(self, lba: int, count: int, buf: bytearray,
                 pread: Callable[[int, int, int], bytes]) -> None:
@@ -103,25 +116,30 @@ class PendingMap:
                 buf[a: a + n] = pread(p.fh, n, p.off + (start - p.lba) * bs)
 
     def overlaps(self, lba: int, count: int) -> bool:
-        if not self._records:
+        if not self._rec:
             return False
         return bool(self._touching(lba, count))
 
     def take_upto(self, seq: int) -> list[Piece]:
         """Remove and return, in sequence order, every record of seq <= ``seq``."""
-        recs = self._records
-        if not recs or recs[0].seq > seq:
+        rec = self._rec
+        n = len(rec) // _W
+        # seq is field 2 of each record and ascending: bisect over record numbers
+        lo, hi = 0, n
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if rec[mid * _W + 2] <= seq:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo == 0:
             return []
-        if recs[-1].seq <= seq:
-            self._records = []
-            self._chunks = {}
-            self.bytes = 0
-            return recs
-        i = next(i for i, p in enumerate(recs) if p.seq > seq)
-        taken, self._records = recs[:i], recs[i:]
+        taken = [Piece(*rec[k: k + _W]) for k in range(0, lo * _W, _W)]
+        rest = rec[lo * _W:]
+        self._rec = array("q")
+        self._base += n
         self._chunks = {}
-        for p in self._records:
-            for c in range(p.lba >> CHUNK_SHIFT, ((p.lba + p.count - 1) >> CHUNK_SHIFT) + 1):
-                self._chunks.setdefault(c, []).append(p)
-        self.bytes = sum(p.count for p in self._records) * self._bs
+        self.bytes = 0
+        for k in range(0, len(rest), _W):
+            self.insert(*rest[k: k + _W])
         return taken

@@ -74,6 +74,7 @@ _WRITE = int(RecordType.WRITE)
 _UNMAP = int(RecordType.UNMAP)
 _FUA = int(RecordFlag.FUA)
 _HEADER_REST = struct.Struct("<BBHQQQII")
+_U32 = struct.Struct("<I")
 _WRITEBACK_BYTES = 1 << 20
 _now_ns = time.time_ns
 Progress = Callable[[int, int], None]
@@ -332,34 +333,35 @@ class Volume:
                 payload: bytes | memoryview) -> int:
         # Zero copy: the caller's buffer goes straight into the log's page
         # cache with the header in front; nothing keeps a reference to it.
+        # This runs once per host write: every line here is paid per I/O.
         plen = len(payload)
         size = HEADER_SIZE + plen
         with self._lock:
-            if self._closed:
-                raise VolumeClosedError("volume is closed")
-            if self._failed is not None:
-                raise EngineError(f"volume failed: {self._failed}") from self._failed
+            if self._closed or self._failed is not None:
+                self._check_usable()
             seq = self._seq + 1
             ts = _now_ns()
-            seg = None
             hdr = self._hdr  # reused: pwritev copies it before _lock is released
             _HEADER_REST.pack_into(hdr, 4, rtype, flags, 0, seq, ts, lba, count, plen)
             crc = crc32c(self._hdr_rest)
-            hdr[0:4] = (crc32c(payload, crc) if plen else crc).to_bytes(4, "little")
+            _U32.pack_into(hdr, 0, crc32c(payload, crc) if plen else crc)
+            seg = self._active
+            off = self._seg_end
+            writing = False
             try:
                 # Rolling to a new segment writes its header: it can find the
                 # secondary full too, and must fail the same way.
-                if self._seg_end + size > self._segment_bytes and \
-                        self._seg_end > SEGMENT_HEADER_SIZE:
+                if off + size > self._segment_bytes and off > SEGMENT_HEADER_SIZE:
                     self._roll_segment(seq)
-                seg = self._active
-                off = self._seg_end
+                    seg = self._active
+                    off = self._seg_end
+                writing = True
                 n = self.files.pwritev(seg.fh, [hdr, payload], off) if plen else \
                     self.files.pwrite(seg.fh, hdr, off)
                 if n != size:
                     raise OSError(errno.ENOSPC, "short write to the log")
             except OSError as exc:
-                if seg is not None:
+                if writing:
                     self._undo_append(seg.fh, off)
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise SecondaryFullError(
@@ -367,14 +369,15 @@ class Volume:
                         " and history is intact; free space or fade out old history"
                     ) from exc
                 raise
-            self._seg_end = off + size
-            if self._seg_end - self._wb_pos >= _WRITEBACK_BYTES:
+            end = self._seg_end = off + size
+            if end - self._wb_pos >= _WRITEBACK_BYTES:
                 # Another MiB of log written: let the disk start on it now, so
                 # the next group commit's fdatasync has less left to wait for.
-                self.files.start_writeback(seg.fh, self._wb_pos, self._seg_end - self._wb_pos)
-                self._wb_pos = self._seg_end
+                self.files.start_writeback(seg.fh, self._wb_pos, end - self._wb_pos)
+                self._wb_pos = end
             self._seq = seq
-            self._unsynced.add(seg.id)
+            # The active segment is always synced by a commit; _unsynced only
+            # names sealed segments (added when they roll).
             t = self._tail
             t.times.extend((seq, ts))
             if rtype == _WRITE:
@@ -384,6 +387,12 @@ class Volume:
                 t.rec.extend((lba, count, ext.ZERO_SEG, seq, 0))
                 self._pending.insert(lba, count, seq, -1, 0)
             return seq
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise VolumeClosedError("volume is closed")
+        if self._failed is not None:
+            raise EngineError(f"volume failed: {self._failed}") from self._failed
 
     def _undo_append(self, fh: int, off: int) -> None:
         # If even this fails, the next scan stops at the torn bytes anyway.
@@ -405,11 +414,11 @@ class Volume:
                 self.files.close(fh)
             raise
         self._active.end = self._seg_end
+        self._unsynced.add(self._active.id)  # sealed with unsynced bytes
         self._segments[new_id] = _Segment(new_id, first_seq, fh)
         self._active = self._segments[new_id]
         self._seg_end = SEGMENT_HEADER_SIZE
         self._wb_pos = 0
-        self._unsynced.add(new_id)
         self._dir_dirty = True
         self._need_checkpoint = True
 
@@ -426,7 +435,8 @@ class Volume:
                 if self._closed:
                     raise VolumeClosedError("volume is closed")
                 target = self._seq
-                segs = [self._segments[s] for s in sorted(self._unsynced)]
+                segs = [self._segments[s] for s in sorted(self._unsynced)
+                        if s != self._active.id] + [self._active]
                 self._unsynced.clear()
                 dir_dirty, self._dir_dirty = self._dir_dirty, False
                 next_pos = (self._active.id, self._seg_end)

@@ -67,4 +67,7 @@ def test_overlay_matches_model(writes: list[tuple[int, int, bool]],
         buf = bytearray(base)
         pm.overlay(lo, n, buf, pread)
         assert bytes(buf) == _image({b: v[1] for b, v in model.items()}, lo, n, base)
-    assert pm.bytes == sum(p.count for p in pm._records) * BS
+    assert pm.bytes == sum(c for _, c, _ in writes[len(taken):]) * BS
+    left = pm.take_upto(1 << 62)
+    assert [p.seq for p in left] == list(range(len(taken) + 1, len(writes) + 1))
+    assert pm.bytes == 0 and len(pm) == 0 and not pm.overlaps(0, SPAN + 40)

@@ -150,7 +150,8 @@ class WriteAheadViolator(Observed):
         with self._commit_lock:
             with self._lock:
                 target = self._seq
-                segs = [self._segments[s] for s in sorted(self._unsynced)]
+                segs = [self._segments[s] for s in sorted(self._unsynced)
+                        if s != self._active.id] + [self._active]
                 self._unsynced.clear()
                 dir_dirty, self._dir_dirty = self._dir_dirty, False
                 self._apply(self._pending.take_upto(target))
