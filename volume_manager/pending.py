@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Callable
-from typing import NamedTuple
+from dataclasses import dataclass
 
 __all__ = ["CHUNK_BLOCKS", "PendingMap", "Piece"]
 
@@ -28,7 +28,8 @@ CHUNK_BLOCKS = 1 << CHUNK_SHIFT
 _W = 5  # fields per record in the flat array
 
 
-class Piece(NamedTuple):
+@dataclass(slots=True)
+class Piece:
     lba: int
     count: int
     seq: int
@@ -70,10 +71,10 @@ class PendingMap:
             cur = chunks.get(c)
             if cur is None:
                 chunks[c] = i
-            elif cur.__class__ is int:
-                chunks[c] = array("q", (cur, i))  # type: ignore[arg-type]
+            elif isinstance(cur, int):
+                chunks[c] = array("q", (cur, i))
             else:
-                cur.append(i)  # type: ignore[union-attr]
+                cur.append(i)
 
     def _piece(self, i: int) -> Piece:
         k = (i - self._base) * _W
@@ -88,10 +89,10 @@ class PendingMap:
             cur = chunks.get(c)
             if cur is None:
                 continue
-            if cur.__class__ is int:
-                found.add(cur)  # type: ignore[arg-type]
+            if isinstance(cur, int):
+                found.add(cur)
             else:
-                found.update(cur)  # type: ignore[arg-type]
+                found.update(cur)
         if not found:
             return []
         end = lba + count
