@@ -127,12 +127,17 @@ def transition(state: LoginState, event: LoginInput) -> LoginState:
 
 @dataclass(frozen=True, slots=True)
 class TargetEntry:
-    """One target as login sees it. ``allowed_initiators`` None admits every initiator."""
+    """One target as login sees it. ``allowed_initiators`` None admits every initiator.
+
+    ``acl_chap`` holds CHAP credentials of single initiators (lower-case names, like
+    targetcli's per-ACL userid/password); they replace the target-wide ``chap`` for
+    that initiator."""
 
     name: str
     alias: str | None = None
     chap: ChapConfig | None = None
     allowed_initiators: frozenset[str] | None = None
+    acl_chap: Mapping[str, ChapConfig] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,7 +282,7 @@ class LoginMachine:
         if allowed is not None and keys["InitiatorName"].lower() not in allowed:
             raise LoginFailure(LoginStatus.AUTHORIZATION_FAILURE, "initiator not in the ACL")
         self._target = target
-        self._setup_auth(target.chap)
+        self._setup_auth(target.acl_chap.get(keys["InitiatorName"].lower(), target.chap))
         # Section 13.9: the first response of a Normal session carries the TPGT.
         answers = [("TargetPortalGroupTag", str(self.portal.portal_group_tag))]
         if target.alias:

@@ -38,7 +38,7 @@ import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import cast
 
 from target.scsi.command import ScsiCommand, ScsiResponse
@@ -89,6 +89,7 @@ class Target:
     chap: ChapConfig | None = None
     alias: str | None = None
     allowed_initiators: frozenset[str] | None = None
+    acl_chap: Mapping[str, ChapConfig] = field(default_factory=dict)
 
 
 class _Flow:
@@ -327,12 +328,17 @@ class IscsiServer:
     """The listening portal and its connections. Create with ``start_server``."""
 
     def __init__(self, targets: Iterable[Target], *, nop: NopPolicy | None = None,
-                 grace: float = DEFAULT_GRACE, cmd_window: int = 128) -> None:
+                 grace: float = DEFAULT_GRACE, cmd_window: int = 128,
+                 discovery_chap: ChapConfig | None = None) -> None:
         self.targets: dict[str, Target] = {t.iqn.lower(): t for t in targets}
         self.portal = PortalConfig(
-            targets={name: TargetEntry(t.iqn, t.alias, t.chap, t.allowed_initiators)
+            targets={name: TargetEntry(t.iqn, t.alias, t.chap,
+                                       None if t.allowed_initiators is None else
+                                       frozenset(i.lower() for i in t.allowed_initiators),
+                                       {k.lower(): v for k, v in t.acl_chap.items()})
                      for name, t in self.targets.items()},
             cmd_window=cmd_window,
+            discovery_chap=discovery_chap,
         )  # fmt: skip
         self.nop = nop
         self.grace = grace
@@ -361,9 +367,10 @@ class IscsiServer:
         portals: tuple[Portal, ...] = ()
         if isinstance(local, tuple) and len(local) >= 2:
             portals = (Portal(str(local[0]), int(local[1]), self.portal.portal_group_tag),)
+        who = initiator.lower()
         return [
-            VisibleTarget(t.iqn, portals) for t in self.targets.values()
-            if t.allowed_initiators is None or initiator in t.allowed_initiators
+            VisibleTarget(t.name, portals) for t in self.portal.targets.values()
+            if t.allowed_initiators is None or who in t.allowed_initiators
         ]  # fmt: skip
 
     def allocate_tsih(self) -> int:
@@ -430,8 +437,11 @@ class IscsiServer:
 
 async def start_server(targets: Iterable[Target], host: str = "127.0.0.1", port: int = 3260, *,
                        nop: NopPolicy | None = None, grace: float = DEFAULT_GRACE,
+                       discovery_chap: ChapConfig | None = None,
                        ) -> IscsiServer:  # fmt: skip
-    """Listen on ``host:port`` (0 picks a free port: see ``IscsiServer.port``)."""
-    server = IscsiServer(targets, nop=nop, grace=grace)
+    """Listen on ``host:port`` (0 picks a free port: see ``IscsiServer.port``).
+
+    ``discovery_chap``: CHAP that discovery sessions must pass (none by default)."""
+    server = IscsiServer(targets, nop=nop, grace=grace, discovery_chap=discovery_chap)
     await server._listen(host, port)
     return server

@@ -11,11 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import select
-import shutil
-import signal
-import subprocess
-import sys
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
@@ -23,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from iscsi_served import CLIENTS, IQN, TIMEOUT, Served, require, run, start_served
 
 import target.iscsi.server as server_module
 from target.iscsi.framing import PduReader, Sender
@@ -48,12 +44,9 @@ from target.iscsi.server import IscsiServer, Target, _remainder, start_server
 from target.scsi.lu import LogicalUnit
 from volume_manager import FileBlockDevice, Volume
 
-ROOT = Path(__file__).resolve().parents[3]
-IQN = "iqn.2026-11.org.cdpswitch:vol0"
 INITIATOR = "iqn.2026-11.org.test:server-test"
 BLOCK = 512
 SIZE = 16 << 20
-TIMEOUT = 30.0  # bound on every wait in these tests, in seconds
 
 
 # --- (a) an asyncio initiator made of the PDU classes ---------------------------------------
@@ -387,61 +380,6 @@ def test_remainder_after_a_partial_sendmsg() -> None:
 
 # --- (b) real clients against the server in a subprocess -------------------------------------
 
-CLIENTS = ("iscsi-ls", "iscsi-inq", "iscsi-readcapacity16", "qemu-io", "qemu-img")
-
-
-def require(tool: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        pytest.fail(f"{tool} is not installed: run `make deps` (Debian packages libiscsi-bin, "
-                    f"qemu-utils, qemu-block-extra)")  # fmt: skip
-    return path
-
-
-@dataclass
-class Served:
-    proc: subprocess.Popen[str]
-    port: int
-    directory: Path
-
-    @property
-    def url(self) -> str:
-        return f"iscsi://127.0.0.1:{self.port}/{IQN}/0"
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=TIMEOUT)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        return self.proc.returncode
-
-
-def start_served(directory: Path, size: int) -> Served:
-    log = open(directory / "server.log", "w")  # noqa: SIM115 - the child owns it
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "switch.iscsi_serve", "--volume", str(directory / "vol"),
-         "--primary", str(directory / "primary.img"), "--size", str(size), "--iqn", IQN,
-         "--port", "0"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=log, text=True,
-    )  # fmt: skip
-    log.close()
-    assert proc.stdout is not None
-    ready, _, _ = select.select([proc.stdout], [], [], TIMEOUT)
-    line = proc.stdout.readline() if ready else ""
-    if not line.startswith("ready "):
-        proc.kill()
-        proc.wait(timeout=TIMEOUT)
-        proc.stdout.close()
-        errors = (directory / "server.log").read_text()
-        raise AssertionError(f"server did not start: {line!r}\n{errors}")
-    return Served(proc, int(line.split()[1]), directory)
-
-
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[Served]:
     for tool in CLIENTS:
@@ -451,12 +389,6 @@ def served(tmp_path: Path) -> Iterator[Served]:
         yield server
     finally:
         server.stop()
-
-
-def run(*argv: str) -> str:
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT, check=False)
-    assert done.returncode == 0, f"{argv} failed ({done.returncode}):\n{done.stdout}{done.stderr}"
-    return done.stdout
 
 
 def test_iscsi_ls_discovers_the_target(served: Served) -> None:
