@@ -15,9 +15,12 @@ DEB_PACKAGES ?= libiscsi-bin qemu-utils qemu-block-extra
 # Root needs no sudo; anyone else gets it prefixed.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
+# More Debian packages for `make bench` (bench/iscsi.py runs tgtd as its peer).
+BENCH_DEB_PACKAGES ?= tgt
+
 PYTEST_ARGS ?=
 
-.PHONY: venv deps lint test test-fast serve bench clean
+.PHONY: venv deps bench-deps lint test test-fast serve bench clean
 
 venv: $(STAMP)
 
@@ -56,8 +59,12 @@ test-fast: venv deps
 serve: venv
 	$(VENV)/bin/cdpswitch serve
 
-bench: venv
+bench-deps:
+	$(MAKE) deps DEB_PACKAGES="$(DEB_PACKAGES) $(BENCH_DEB_PACKAGES)"
+
+bench: venv bench-deps
 	$(VPY) bench/engine.py
+	$(VPY) bench/iscsi.py
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .hypothesis .ruff_cache .mypy_cache
