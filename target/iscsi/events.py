@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True)  # a dict key of the SCSI layer
 class Nexus:
     """The I_T nexus key handed to the SCSI layer (SAM-5 4.6; RFC 7143 section 4.4.1):
     initiator port = InitiatorName + ISID, target port = TargetName + portal group."""
@@ -40,14 +40,14 @@ class Nexus:
     portal_group_tag: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class LoginComplete:
     """Full feature phase reached (for the shell's session registry, reinstatement)."""
 
     result: LoginResult
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ExecuteCommand:
     """Run ``command`` and answer with ``Connection.complete(task_tag, response)``.
 
@@ -62,7 +62,7 @@ class ExecuteCommand:
     command: ScsiCommand
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TasksAborted:
     """These tasks are gone (TMF, logout): the shell may cancel work for them; a later
     ``complete`` for one of them is ignored (RFC 7143 section 4.2.3.2: no response ever)."""
@@ -70,7 +70,7 @@ class TasksAborted:
     task_tags: tuple[int, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TaskManagement:
     """A task management function the shell must carry out on the LU(s); the TMF Response
     is already queued (RFC 7143 section 11.5). ``lu`` is None for a target-wide function
@@ -82,7 +82,7 @@ class TaskManagement:
     nexus: Hashable
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class LoggedOut:
     """A Logout Request was answered (RFC 7143 section 11.14): the nexus is gone (release
     its SPC-2 reservation, forget its unit attentions). A ``CloseConnection`` follows."""
@@ -91,7 +91,7 @@ class LoggedOut:
     nexus: Hashable
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CloseConnection:
     """Send what is queued, then close the TCP connection."""
 

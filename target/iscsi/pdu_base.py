@@ -172,7 +172,7 @@ def digest_bytes(value: int) -> bytes:
 # --- Additional Header Segments ----------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AdditionalHeader:
     """One AHS: its type and its specific bytes (AHSLength of them, padding excluded)."""
 
@@ -224,7 +224,7 @@ def nbytes(buf: Buffer) -> int:
     return buf.nbytes if isinstance(buf, memoryview) else len(buf)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class Pdu:
     """Common base: every PDU has an Initiator Task Tag (bytes 16-19)."""
 

@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class NopOut(Pdu):
     """NOP-Out (RFC 7143 section 11.18)."""
 
@@ -71,7 +71,7 @@ class NopOut(Pdu):
                    exp_statsn=exp_statsn, data=data)  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class SCSICommand(Pdu):
     """SCSI Command (RFC 7143 section 11.3). ``cdb`` is the whole CDB, extended-CDB AHS
     included (section 11.3.5); a CDB shorter than 16 bytes is zero-padded to 16 as on the
@@ -137,7 +137,7 @@ class SCSICommand(Pdu):
         )  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class TaskMgmtRequest(Pdu):
     """Task Management Function Request (RFC 7143 section 11.5); ``function`` may hold an
     unknown value, answered with TmfResponse.NOT_SUPPORTED."""
@@ -177,7 +177,7 @@ def login_flags(transit: bool, cont: bool, csg: int, nsg: int) -> int:
     return (0x80 if transit else 0) | (0x40 if cont else 0) | (csg & 3) << 2 | (nsg & 3)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class LoginRequest(Pdu):
     """Login Request (RFC 7143 section 11.12), always immediate. ``csg``/``nsg`` stay ints:
     the reserved stage 2 and bad T/C combinations are the login machine's to answer."""
@@ -221,7 +221,7 @@ class LoginRequest(Pdu):
         )  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class TextRequest(Pdu):
     """Text Request (RFC 7143 section 11.10)."""
 
@@ -258,7 +258,7 @@ class TextRequest(Pdu):
         )  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class DataOut(Pdu):
     """SCSI Data-Out (RFC 7143 section 11.7)."""
 
@@ -292,7 +292,7 @@ class DataOut(Pdu):
         )  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class LogoutRequest(Pdu):
     """Logout Request (RFC 7143 section 11.14); ``reason`` may be an unknown value."""
 
@@ -318,7 +318,7 @@ class LogoutRequest(Pdu):
                    cmdsn=cmdsn, exp_statsn=exp_statsn)  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class SnackRequest(Pdu):
     """SNACK Request (RFC 7143 section 11.16). Only parsed, so that at ERL 0 the target can
     answer it with Reject 0x04 (docs/iscsi.md section 9)."""

@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class _TargetStatus(Pdu):
     """Fields every target PDU of this module carries at bytes 24-35."""
 
@@ -48,7 +48,7 @@ class _TargetStatus(Pdu):
     max_cmdsn: int = 0
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class NopIn(_TargetStatus):
     """NOP-In (RFC 7143 section 11.19)."""
 
@@ -79,7 +79,7 @@ class NopIn(_TargetStatus):
 _BIDI_OVERFLOW, _BIDI_UNDERFLOW, _OVERFLOW, _UNDERFLOW, _STATUS = 0x10, 0x08, 0x04, 0x02, 0x01
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class SCSIResponse(_TargetStatus):
     """SCSI Response (RFC 7143 section 11.4). ``data`` is SenseLength + sense data
     (section 11.4.7); build it with ``SCSIResponse.sense_segment``."""
@@ -146,7 +146,7 @@ class SCSIResponse(_TargetStatus):
         )  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class TaskMgmtResponse(_TargetStatus):
     """Task Management Function Response (RFC 7143 section 11.6)."""
 
@@ -165,7 +165,7 @@ class TaskMgmtResponse(_TargetStatus):
         return cls(response=response, itt=itt, statsn=statsn, exp_cmdsn=exp, max_cmdsn=mx)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class LoginResponse(_TargetStatus):
     """Login Response (RFC 7143 section 11.13)."""
 
@@ -211,7 +211,7 @@ class LoginResponse(_TargetStatus):
         )  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class TextResponse(_TargetStatus):
     """Text Response (RFC 7143 section 11.11)."""
 
@@ -244,7 +244,7 @@ class TextResponse(_TargetStatus):
                    ttt=ttt, statsn=statsn, exp_cmdsn=exp, max_cmdsn=mx, data=data)  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class DataIn(_TargetStatus):
     """SCSI Data-In (RFC 7143 section 11.7). ``status`` is sent only with ``has_status``
     (the S bit), which needs ``final`` (section 11.7.1); StatSN is meaningful only then."""
@@ -297,7 +297,7 @@ class DataIn(_TargetStatus):
         )  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class LogoutResponse(_TargetStatus):
     """Logout Response (RFC 7143 section 11.15)."""
 
@@ -321,7 +321,7 @@ class LogoutResponse(_TargetStatus):
                    time2wait=t2w, time2retain=t2r)  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class R2T(_TargetStatus):
     """Ready To Transfer (RFC 7143 section 11.8). StatSN is not advanced by an R2T."""
 
@@ -355,7 +355,7 @@ class R2T(_TargetStatus):
                    r2tsn=r2tsn, buffer_offset=offset, desired_length=length)  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class AsyncMessage(_TargetStatus):
     """Asynchronous Message (RFC 7143 section 11.9); its ITT is always 0xffffffff."""
 
@@ -390,7 +390,7 @@ class AsyncMessage(_TargetStatus):
                    async_vcode=vcode, param1=p1, param2=p2, param3=p3, data=data)  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class Reject(_TargetStatus):
     """Reject (RFC 7143 section 11.17): ``data`` is the rejected PDU's header; ITT is
     0xffffffff. Build one from a ``PduRejected`` with ``Reject.from_error``."""

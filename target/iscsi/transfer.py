@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SenseTuple:
     """(sense key, ASC, ASCQ) of a CHECK CONDITION decided by the transport."""
 
@@ -100,7 +100,7 @@ class Sequence:
     state: SequenceState = SequenceState.OPEN
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Solicit:
     """An R2T to send (the connection fills in the sequence numbers)."""
 
@@ -222,7 +222,7 @@ class WriteTransfer:
         return ttt in self._sequences
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DataInPlan:
     """The Data-In PDUs of a read, and whether status rode on the last one."""
 

@@ -193,7 +193,7 @@ _IMMED = 0x02
 
 
 # ------------------------------------------------------------ dataclasses
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class BlockIo:
     """READ/WRITE/VERIFY/WRITE AND VERIFY (6/10/12/16), PRE-FETCH, SYNCHRONIZE CACHE."""
 
@@ -207,7 +207,7 @@ class BlockIo:
     immed: bool = False  # PRE-FETCH / SYNCHRONIZE CACHE
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CompareAndWrite:
     lba: int
     blocks: int
@@ -215,7 +215,7 @@ class CompareAndWrite:
     fua: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class WriteSame:
     opcode: int
     lba: int
@@ -225,33 +225,33 @@ class WriteSame:
     ndob: bool  # WRITE SAME(16) only: no data-out buffer, write zeros
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Unmap:
     anchor: bool
     param_len: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class NoData:
     """TEST UNIT READY, START STOP UNIT, PREVENT ALLOW MEDIUM REMOVAL: no fields we act on."""
 
     opcode: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Inquiry:
     evpd: bool
     page: int
     alloc: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RequestSense:
     desc: bool
     alloc: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ModeSense:
     ten: bool  # MODE SENSE(10)
     dbd: bool
@@ -262,7 +262,7 @@ class ModeSense:
     alloc: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ModeSelect:
     ten: bool
     pf: bool
@@ -270,35 +270,35 @@ class ModeSelect:
     param_len: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ReadCapacity10:
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ReadCapacity16:
     alloc: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class GetLbaStatus:
     lba: int
     alloc: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ReportLuns:
     select: int
     alloc: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PersistentReserveIn:
     action: int
     alloc: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PersistentReserveOut:
     action: int
     scope: int
@@ -306,14 +306,14 @@ class PersistentReserveOut:
     param_len: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Reserve6:
     """RESERVE(6) or, with ``release``, RELEASE(6) (SPC-2 reservations)."""
 
     release: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ReportOpcodes:
     rctd: bool
     options: int

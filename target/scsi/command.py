@@ -17,7 +17,7 @@ from target.scsi.sense import ScsiStatus
 __all__ = ["Outcome", "ScsiCommand", "ScsiResponse"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ScsiCommand:
     """One command for one LU.
 
@@ -32,7 +32,7 @@ class ScsiCommand:
     nexus: Hashable = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ScsiResponse:
     """The status to send, with data-in already cut to allocation length and EDTL.
 
@@ -50,7 +50,7 @@ class ScsiResponse:
     flush_before_status: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Outcome:
     """What a command handler produced, before EDTL is applied.
 
