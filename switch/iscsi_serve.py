@@ -30,6 +30,7 @@ import uuid
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, cast
 
+from switch.tuning import tune_allocator
 from target.iscsi.chap import ChapConfig, ChapCredentials
 from target.iscsi.server import Target, start_server
 from target.scsi.lu import LogicalUnit
@@ -129,6 +130,7 @@ def _runner() -> Callable[[Coroutine[Any, Any, None]], None]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    tune_allocator()
     chap, discovery_chap = chap_settings(args)
     allowed = None if args.allow is None else frozenset(args.allow)
     volume = open_volume(args.volume, args.primary, args.size)
