@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import enum
 import secrets
+import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TypedDict
@@ -64,6 +65,7 @@ from .framing import DEFAULT_HARD_CAP, PduReader
 from .keys import NOT_UNDERSTOOD, OperationalParameters, SessionType, encode_text
 from .login import LoginMachine, LoginResult, LoginState, PortalConfig
 from .pdu import (
+    _PADDING,
     MAX_DSL,
     NO_TAG,
     R2T,
@@ -88,6 +90,8 @@ from .pdu import (
     TextRequest,
     TextResponse,
     TmfResponse,
+    crc32c,
+    digest_bytes,
     encode,
 )
 from .text import TextExchange
@@ -97,6 +101,11 @@ from .transfer import SenseTuple, Task, WriteTransfer, data_in_pdus, decode_lun,
 __all__ = ["DISPATCH", "ConnState", "Connection", "NopPolicy", "Task", "decode_lun"]
 
 _GOOD, _CHECK_CONDITION, _CONDITION_MET = 0x00, 0x02, 0x04
+# Data-In with F and S set and GOOD status: opcode, flags, (reserved), status, length word
+# (no AHS, so the data segment length), LUN, ITT, TTT, StatSN, ExpCmdSN, MaxCmdSN, and
+# DataSN, Buffer Offset, Residual Count all zero (the layout of pdu_target.DataIn).
+_DATA_IN_WITH_STATUS = struct.Struct(">BBxxIQIIIII12x")
+_DATA_IN_FINAL_STATUS = 0x81
 DEFAULT_MAX_WRITE = 64 << 20  # largest EDTL a write may allocate a buffer for
 
 
@@ -243,6 +252,15 @@ class Connection:
         if self.state is ConnState.CLOSED or task is None or not task.executing:
             return
         self._forget(task)
+        if (response.status == _GOOD and task.read and not task.write
+                and response.sense is None and not response.residual_overflow
+                and not response.residual_underflow):  # fmt: skip
+            size = len(response.data_in)
+            params = self.params
+            if 0 < size == task.edtl and size <= params.initiator_max_recv_dsl \
+                    and size <= params.max_burst_length:
+                self._send_read_data(task, response.data_in, size)
+                return
         data = memoryview(response.data_in if task.read else b"").cast("B")
         limit = task.bidi_read_length if task.write and task.bidi_read_length else task.edtl
         data = data[:limit]
@@ -268,6 +286,26 @@ class Connection:
             data=SCSIResponse.sense_segment(response.sense) if response.sense else b"",
             **self._seq(),
         ))  # fmt: skip
+
+    def _send_read_data(self, task: Task, data: bytes | memoryview, size: int) -> None:
+        """The common read: all data in one Data-In PDU carrying GOOD status (11.7.1),
+        packed directly; ``complete`` checked it fits one PDU and one burst."""
+        window = self.window
+        self._advertised_max = max_cmdsn = window.max_cmdsn
+        statsn = self._statsn
+        self._statsn = (statsn + 1) & 0xFFFFFFFF
+        header = _DATA_IN_WITH_STATUS.pack(
+            Opcode.SCSI_DATA_IN, _DATA_IN_FINAL_STATUS, size, task.lun_field, task.itt,
+            NO_TAG, statsn, window.exp_cmdsn, max_cmdsn)  # fmt: skip
+        header_digest, data_digest = self._digests
+        out = self._out
+        out.append(header + digest_bytes(crc32c(header)) if header_digest else header)
+        out.append(data)
+        pad = _PADDING[size & 3]
+        if data_digest:
+            out.append(pad + digest_bytes(crc32c(pad, crc32c(data))))
+        elif pad:
+            out.append(pad)
 
     def tick(self, now: float) -> list[Event]:
         """Time passes: target NOP-In pings, their timeout, and window updates (3.2.2.1)."""

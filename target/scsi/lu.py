@@ -50,7 +50,7 @@ from collections.abc import Callable, Hashable, Sequence
 from target.scsi import opcodes, reservations, sbc, spc
 from target.scsi.cdb import Opcode, decode
 from target.scsi.command import Outcome, ScsiCommand, ScsiResponse
-from target.scsi.inquiry import Identity
+from target.scsi.inquiry import MAX_TRANSFER_BYTES, Identity
 from target.scsi.modepages import ModeState
 from target.scsi.reservations import ReservationConflict, Reservations
 from target.scsi.sense import (
@@ -75,6 +75,7 @@ log = logging.getLogger(__name__)
 
 # Commands that neither report nor clear a pending unit attention ([SAM-5] 5.14).
 _UA_EXEMPT = frozenset({Opcode.INQUIRY, Opcode.REPORT_LUNS, Opcode.REQUEST_SENSE})
+_FAST_READS = frozenset({Opcode.READ_10, Opcode.READ_16})
 
 
 # Dispatch by CDB type; block I/O is dispatched again by kind inside sbc.
@@ -106,6 +107,12 @@ class UnitAttentions:
         queue = self._queue(nexus)
         if asc not in queue:
             queue.append(asc)
+
+    def none_for(self, nexus: Hashable) -> bool:
+        """True when ``nexus`` is known and has nothing pending (a new nexus has its
+        POWER ON condition to receive first)."""
+        queue = self._queues.get(nexus)
+        return queue is not None and not queue
 
     def pop(self, nexus: Hashable) -> Asc | None:
         queue = self._queue(nexus)
@@ -201,6 +208,11 @@ class LogicalUnit:
 
     # ------------------------------------------------------------ execute
     def execute(self, cmd: ScsiCommand) -> ScsiResponse:
+        cdb = cmd.cdb
+        if cdb and cdb[0] in _FAST_READS:
+            fast = self._fast_read(cmd)
+            if fast is not None:
+                return fast
         try:
             outcome = self._run(cmd)
         except ReservationConflict:
@@ -209,6 +221,39 @@ class LogicalUnit:
         except Exception as exc:  # the boundary: nothing escapes to the transport
             return self._check_condition(_exception_to_check(exc), cmd)
         return self._respond(outcome, cmd)
+
+    def _fast_read(self, cmd: ScsiCommand) -> ScsiResponse | None:
+        """READ(10)/READ(16) in the plain case, without building the decoded CDB and the
+        outcome: no flags but DPO/FUA, group and control 0, the whole transfer wanted
+        (EDTL equal to it), in range, nothing pending for the nexus (unit attention), no
+        reservation held. Anything else, or an error, returns None and takes the full
+        path, which gives the exact answer. Reads are the bulk of the traffic."""
+        cdb = cmd.cdb
+        if cdb[0] == Opcode.READ_10:
+            if len(cdb) < 10 or cdb[1] & 0xE7 or cdb[6] or cdb[9]:
+                return None
+            lba = int.from_bytes(cdb[2:6], "big")
+            blocks = int.from_bytes(cdb[7:9], "big")
+        else:
+            if len(cdb) < 16 or cdb[1] & 0xE7 or cdb[14] or cdb[15]:
+                return None
+            lba = int.from_bytes(cdb[2:10], "big")
+            blocks = int.from_bytes(cdb[10:14], "big")
+        device = self.device
+        size = blocks * device.block_size
+        if (not blocks or size != cmd.expected_length or size > MAX_TRANSFER_BYTES
+                or lba + blocks > device.num_blocks):
+            return None
+        res = self.reservations
+        if res.reservation is not None or res.spc2_holder is not None:
+            return None
+        if not self.unit_attentions.none_for(cmd.nexus):
+            return None
+        try:
+            data = device.read(lba, blocks)
+        except Exception:
+            return None  # the full path meets the error again and maps it to sense data
+        return ScsiResponse(ScsiStatus.GOOD, data)
 
     def _run(self, cmd: ScsiCommand) -> Outcome:
         opcode = cmd.cdb[0] if len(cmd.cdb) else -1

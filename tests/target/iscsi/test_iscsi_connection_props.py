@@ -240,3 +240,38 @@ def test_large_declared_segment_raises_the_reader_cap() -> None:
     ini.send(NopOut(itt=1, immediate=True, cmdsn=1, data=b"x" * (3 << 20)))
     (pong,) = ini.replies()
     assert isinstance(pong, NopIn) and len(pong.data) == 262144  # cut to what we may send
+
+
+# --- the single-PDU read path against the general one ------------------------------------------
+
+@pytest.mark.parametrize("digest", ["None", "CRC32C"])
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 200), st.integers(1, 40)), min_size=1, max_size=6))
+def test_single_pdu_reads_match_the_general_encoding(digest: str,
+                                                     reads: list[tuple[int, int]]) -> None:
+    """Reads that fit one PDU go out through a packed fast path; with or without digests
+    they must decode exactly like a Data-In built by the PDU class (the reader checks the
+    digests), with consecutive StatSNs."""
+    lu = FakeLu()
+    keys = {"HeaderDigest": digest, "DataDigest": digest}
+    ini = connect(lu, mrdsl=8192, keys=keys)
+    expected_statsn = None
+    for lba, blocks in reads:
+        blocks = min(blocks, 256 - lba)
+        cmd = ini.command(read10(lba, blocks), read=True, edtl=blocks * BLOCK, final=True)
+        ini.send(cmd)
+        pdus = ini.replies()
+        size = blocks * BLOCK
+        want = bytes(lu.media[lba * BLOCK: lba * BLOCK + size])
+        assert b"".join(bytes(p.data) for p in pdus) == want  # type: ignore[attr-defined]
+        last = pdus[-1]
+        assert isinstance(last, DataIn) and last.has_status and last.final and last.status == 0
+        if size <= 8192:  # one PDU: the fast path
+            assert len(pdus) == 1
+            assert (last.datasn, last.buffer_offset, last.residual) == (0, 0, 0)
+            assert last.itt == cmd.itt and last.ttt == NO_TAG
+            assert not (last.overflow or last.underflow or last.acknowledge)
+        if expected_statsn is not None:
+            assert last.statsn == expected_statsn
+        expected_statsn = (last.statsn + 1) & 0xFFFFFFFF
+        assert last.exp_cmdsn == ini.cmdsn
