@@ -106,6 +106,11 @@ _GOOD, _CHECK_CONDITION, _CONDITION_MET = 0x00, 0x02, 0x04
 # DataSN, Buffer Offset, Residual Count all zero (the layout of pdu_target.DataIn).
 _DATA_IN_WITH_STATUS = struct.Struct(">BBxxIQIIIII12x")
 _DATA_IN_FINAL_STATUS = 0x81
+# SCSI Response, GOOD, no data: opcode, flags (F), response 0, status 0, length word 0,
+# reserved, ITT, SNACK Tag 0, StatSN, ExpCmdSN, MaxCmdSN, ExpDataSN, residuals 0
+# (the layout of pdu_target.SCSIResponse).
+_GOOD_RESPONSE = struct.Struct(">BBxx4x8xI4xIIII8x")
+FINAL_FLAG = 0x80
 DEFAULT_MAX_WRITE = 64 << 20  # largest EDTL a write may allocate a buffer for
 
 
@@ -261,6 +266,10 @@ class Connection:
                     and size <= params.max_burst_length:
                 self._send_read_data(task, response.data_in, size)
                 return
+        elif (response.status == _GOOD and not task.read and response.sense is None
+                and not response.residual_overflow and not response.residual_underflow):
+            self._send_good_status(task)
+            return
         data = memoryview(response.data_in if task.read else b"").cast("B")
         limit = task.bidi_read_length if task.write and task.bidi_read_length else task.edtl
         data = data[:limit]
@@ -306,6 +315,17 @@ class Connection:
             out.append(pad + digest_bytes(crc32c(pad, crc32c(data))))
         elif pad:
             out.append(pad)
+
+    def _send_good_status(self, task: Task) -> None:
+        """GOOD status with nothing to return (writes, most non-data commands), packed
+        directly: no sense, no residual; ExpDataSN counts the task's R2Ts (11.4.8)."""
+        window = self.window
+        self._advertised_max = max_cmdsn = window.max_cmdsn
+        statsn = self._statsn
+        self._statsn = (statsn + 1) & 0xFFFFFFFF
+        header = _GOOD_RESPONSE.pack(Opcode.SCSI_RESPONSE, FINAL_FLAG, task.itt, statsn,
+                                     window.exp_cmdsn, max_cmdsn, task.r2t_count)
+        self._out.append(header + digest_bytes(crc32c(header)) if self._digests[0] else header)
 
     def tick(self, now: float) -> list[Event]:
         """Time passes: target NOP-In pings, their timeout, and window updates (3.2.2.1)."""

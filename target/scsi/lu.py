@@ -75,7 +75,7 @@ log = logging.getLogger(__name__)
 
 # Commands that neither report nor clear a pending unit attention ([SAM-5] 5.14).
 _UA_EXEMPT = frozenset({Opcode.INQUIRY, Opcode.REPORT_LUNS, Opcode.REQUEST_SENSE})
-_FAST_READS = frozenset({Opcode.READ_10, Opcode.READ_16})
+_FAST_IO = frozenset({Opcode.READ_10, Opcode.READ_16, Opcode.WRITE_10, Opcode.WRITE_16})
 
 
 # Dispatch by CDB type; block I/O is dispatched again by kind inside sbc.
@@ -209,8 +209,8 @@ class LogicalUnit:
     # ------------------------------------------------------------ execute
     def execute(self, cmd: ScsiCommand) -> ScsiResponse:
         cdb = cmd.cdb
-        if cdb and cdb[0] in _FAST_READS:
-            fast = self._fast_read(cmd)
+        if cdb and cdb[0] in _FAST_IO:
+            fast = self._fast_io(cmd)
             if fast is not None:
                 return fast
         try:
@@ -222,23 +222,29 @@ class LogicalUnit:
             return self._check_condition(_exception_to_check(exc), cmd)
         return self._respond(outcome, cmd)
 
-    def _fast_read(self, cmd: ScsiCommand) -> ScsiResponse | None:
-        """READ(10)/READ(16) in the plain case, without building the decoded CDB and the
-        outcome: no flags but DPO/FUA, group and control 0, the whole transfer wanted
-        (EDTL equal to it), in range, nothing pending for the nexus (unit attention), no
-        reservation held. Anything else, or an error, returns None and takes the full
-        path, which gives the exact answer. Reads are the bulk of the traffic."""
+    def _fast_io(self, cmd: ScsiCommand) -> ScsiResponse | None:
+        """READ/WRITE (10)/(16) in the plain case, without building the decoded CDB and
+        the outcome: no flags but DPO (and FUA on reads), group and control 0, EDTL equal
+        to the transfer (and for writes, all of its data received), in range, nothing
+        pending for the nexus (unit attention), no reservation held, and for writes the
+        write cache on (so nothing must be flushed before status). Anything else returns
+        None and takes the full path, which gives the exact answer. These commands are
+        the bulk of the traffic."""
         cdb = cmd.cdb
-        if cdb[0] == Opcode.READ_10:
-            if len(cdb) < 10 or cdb[1] & 0xE7 or cdb[6] or cdb[9]:
+        op = cdb[0]
+        if op == Opcode.READ_10 or op == Opcode.WRITE_10:
+            if len(cdb) < 10 or cdb[6] or cdb[9]:
                 return None
             lba = int.from_bytes(cdb[2:6], "big")
             blocks = int.from_bytes(cdb[7:9], "big")
         else:
-            if len(cdb) < 16 or cdb[1] & 0xE7 or cdb[14] or cdb[15]:
+            if len(cdb) < 16 or cdb[14] or cdb[15]:
                 return None
             lba = int.from_bytes(cdb[2:10], "big")
             blocks = int.from_bytes(cdb[10:14], "big")
+        write = op == Opcode.WRITE_10 or op == Opcode.WRITE_16
+        if cdb[1] & (0xEF if write else 0xE7):
+            return None
         device = self.device
         size = blocks * device.block_size
         if (not blocks or size != cmd.expected_length or size > MAX_TRANSFER_BYTES
@@ -249,11 +255,19 @@ class LogicalUnit:
             return None
         if not self.unit_attentions.none_for(cmd.nexus):
             return None
+        if write:
+            data = cmd.data_out
+            if data is None or len(data) != size or not self.mode.wce or device.read_only:
+                return None
+            try:
+                device.write(lba, data)
+            except Exception as exc:  # the same mapping to sense data as the full path
+                return self._check_condition(_exception_to_check(exc), cmd)
+            return ScsiResponse(ScsiStatus.GOOD)
         try:
-            data = device.read(lba, blocks)
-        except Exception:
-            return None  # the full path meets the error again and maps it to sense data
-        return ScsiResponse(ScsiStatus.GOOD, data)
+            return ScsiResponse(ScsiStatus.GOOD, device.read(lba, blocks))
+        except Exception as exc:
+            return self._check_condition(_exception_to_check(exc), cmd)
 
     def _run(self, cmd: ScsiCommand) -> Outcome:
         opcode = cmd.cdb[0] if len(cmd.cdb) else -1

@@ -275,3 +275,40 @@ def test_single_pdu_reads_match_the_general_encoding(digest: str,
             assert last.statsn == expected_statsn
         expected_statsn = (last.statsn + 1) & 0xFFFFFFFF
         assert last.exp_cmdsn == ini.cmdsn
+
+
+@pytest.mark.parametrize("digest", ["None", "CRC32C"])
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 200), st.integers(1, 8)), min_size=1, max_size=6))
+def test_good_status_fast_path_matches_the_general_encoding(
+        digest: str, writes: list[tuple[int, int]]) -> None:
+    """GOOD without data (a write) is packed directly: it must decode like a SCSIResponse
+    built by the PDU class, with ExpDataSN counting the R2Ts and consecutive StatSNs."""
+    lu = FakeLu()
+    keys = {"HeaderDigest": digest, "DataDigest": digest, "ImmediateData": "Yes",
+            "InitialR2T": "Yes", "FirstBurstLength": "1024"}  # fmt: skip
+    ini = connect(lu, mrdsl=8192, keys=keys)
+    statsn = None
+    for lba, blocks in writes:
+        payload = bytes([lba % 251 + 1]) * (blocks * BLOCK)
+        cmd = ini.command(write10(lba, blocks), write=True, final=True, edtl=len(payload),
+                          data=payload[:1024])  # fmt: skip
+        ini.send(cmd)
+        pdus = ini.replies()
+        r2ts = 0
+        while pdus and isinstance(pdus[-1], R2T):
+            r2t = pdus[-1]
+            r2ts += 1
+            end = r2t.buffer_offset + r2t.desired_length
+            ini.send(DataOut(itt=r2t.itt, ttt=r2t.ttt, datasn=0, buffer_offset=r2t.buffer_offset,
+                             final=True, data=payload[r2t.buffer_offset:end]))  # fmt: skip
+            pdus = ini.replies()
+        (answer,) = pdus
+        assert isinstance(answer, SCSIResponse) and answer.status == 0 and answer.response == 0
+        assert answer.itt == cmd.itt and answer.exp_datasn == r2ts and answer.residual == 0
+        assert not (answer.overflow or answer.underflow) and bytes(answer.data) == b""
+        assert answer.exp_cmdsn == ini.cmdsn
+        if statsn is not None:
+            assert answer.statsn == statsn
+        statsn = (answer.statsn + 1) & 0xFFFFFFFF
+        assert bytes(lu.media[lba * BLOCK:(lba + blocks) * BLOCK]) == payload
