@@ -65,7 +65,6 @@ from .framing import DEFAULT_HARD_CAP, PduReader
 from .keys import NOT_UNDERSTOOD, OperationalParameters, SessionType, encode_text
 from .login import LoginMachine, LoginResult, LoginState, PortalConfig
 from .pdu import (
-    _PADDING,
     MAX_DSL,
     NO_TAG,
     R2T,
@@ -90,9 +89,8 @@ from .pdu import (
     TextRequest,
     TextResponse,
     TmfResponse,
-    crc32c,
-    digest_bytes,
     encode,
+    frame,
 )
 from .text import TextExchange
 from .tmf import TmfScope, tmf_rule
@@ -110,7 +108,7 @@ _DATA_IN_FINAL_STATUS = 0x81
 # reserved, ITT, SNACK Tag 0, StatSN, ExpCmdSN, MaxCmdSN, ExpDataSN, residuals 0
 # (the layout of pdu_target.SCSIResponse).
 _GOOD_RESPONSE = struct.Struct(">BBxx4x8xI4xIIII8x")
-FINAL_FLAG = 0x80
+_FINAL = 0x80
 DEFAULT_MAX_WRITE = 64 << 20  # largest EDTL a write may allocate a buffer for
 
 
@@ -257,19 +255,18 @@ class Connection:
         if self.state is ConnState.CLOSED or task is None or not task.executing:
             return
         self._forget(task)
-        if (response.status == _GOOD and task.read and not task.write
-                and response.sense is None and not response.residual_overflow
-                and not response.residual_underflow):  # fmt: skip
+        if (response.status == _GOOD and response.sense is None
+                and not response.residual_overflow and not response.residual_underflow):
+            if not task.read:
+                self._send_good_status(task)
+                return
             size = len(response.data_in)
             params = self.params
-            if 0 < size == task.edtl and size <= params.initiator_max_recv_dsl \
+            if not task.write and 0 < size == task.edtl \
+                    and size <= params.initiator_max_recv_dsl \
                     and size <= params.max_burst_length:
                 self._send_read_data(task, response.data_in, size)
                 return
-        elif (response.status == _GOOD and not task.read and response.sense is None
-                and not response.residual_overflow and not response.residual_underflow):
-            self._send_good_status(task)
-            return
         data = memoryview(response.data_in if task.read else b"").cast("B")
         limit = task.bidi_read_length if task.write and task.bidi_read_length else task.edtl
         data = data[:limit]
@@ -299,33 +296,18 @@ class Connection:
     def _send_read_data(self, task: Task, data: bytes | memoryview, size: int) -> None:
         """The common read: all data in one Data-In PDU carrying GOOD status (11.7.1),
         packed directly; ``complete`` checked it fits one PDU and one burst."""
-        window = self.window
-        self._advertised_max = max_cmdsn = window.max_cmdsn
-        statsn = self._statsn
-        self._statsn = (statsn + 1) & 0xFFFFFFFF
         header = _DATA_IN_WITH_STATUS.pack(
             Opcode.SCSI_DATA_IN, _DATA_IN_FINAL_STATUS, size, task.lun_field, task.itt,
-            NO_TAG, statsn, window.exp_cmdsn, max_cmdsn)  # fmt: skip
-        header_digest, data_digest = self._digests
-        out = self._out
-        out.append(header + digest_bytes(crc32c(header)) if header_digest else header)
-        out.append(data)
-        pad = _PADDING[size & 3]
-        if data_digest:
-            out.append(pad + digest_bytes(crc32c(pad, crc32c(data))))
-        elif pad:
-            out.append(pad)
+            NO_TAG, self._next_statsn(), self.window.exp_cmdsn, self._max())  # fmt: skip
+        self._out.extend(frame(header, data, *self._digests))
 
     def _send_good_status(self, task: Task) -> None:
         """GOOD status with nothing to return (writes, most non-data commands), packed
         directly: no sense, no residual; ExpDataSN counts the task's R2Ts (11.4.8)."""
-        window = self.window
-        self._advertised_max = max_cmdsn = window.max_cmdsn
-        statsn = self._statsn
-        self._statsn = (statsn + 1) & 0xFFFFFFFF
-        header = _GOOD_RESPONSE.pack(Opcode.SCSI_RESPONSE, FINAL_FLAG, task.itt, statsn,
-                                     window.exp_cmdsn, max_cmdsn, task.r2t_count)
-        self._out.append(header + digest_bytes(crc32c(header)) if self._digests[0] else header)
+        header = _GOOD_RESPONSE.pack(Opcode.SCSI_RESPONSE, _FINAL, task.itt,
+                                     self._next_statsn(), self.window.exp_cmdsn, self._max(),
+                                     task.r2t_count)  # fmt: skip
+        self._out.extend(frame(header, b"", *self._digests))
 
     def tick(self, now: float) -> list[Event]:
         """Time passes: target NOP-In pings, their timeout, and window updates (3.2.2.1)."""

@@ -108,6 +108,7 @@ __all__ = [
     "decode_pdu",
     "digest_bytes",
     "encode",
+    "frame",
     "parse_ahs",
 ]
 
@@ -131,11 +132,14 @@ def encode(pdu: Pdu, *, header_digest: bool = False, data_digest: bool = False) 
     """The buffers of one PDU on the wire, for ``socket.sendmsg`` (RFC 7143 section 11.2).
 
     The data segment object is placed in the list as given, never copied or joined."""
-    header = pdu.header()
+    return frame(pdu.header(), pdu.data_segment, header_digest, data_digest)
+
+
+def frame(header: bytes, data: Buffer, header_digest: bool, data_digest: bool) -> list[Buffer]:
+    """The wire buffers of a packed header and its data segment: digests and padding."""
     if header_digest:
         header += digest_bytes(crc32c(header))
     out: list[Buffer] = [header]
-    data = pdu.data_segment
     size = nbytes(data)
     if size:
         out.append(data)
