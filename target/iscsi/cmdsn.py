@@ -81,6 +81,11 @@ class CmdWindow:
             return Verdict.DROP  # includes every CmdSN while the window is closed
         return Verdict.DELIVER if cmdsn == self._exp else Verdict.HOLD
 
+    def is_next(self, cmdsn: int) -> bool:
+        """``classify(cmdsn) is Verdict.DELIVER``, in one comparison: the inline lane's
+        test (connection.py), which calls ``advance`` once the command has run."""
+        return cmdsn == self._exp and self._busy < self._window
+
     def in_window(self, cmdsn: int) -> bool:
         return self.classify(cmdsn) is not Verdict.DROP
 

@@ -26,6 +26,13 @@ Theory of operation:
   target. A command for a LUN not in it is still an ``ExecuteCommand``, with ``lu=None``:
   the SCSI layer's ``execute_without_lu`` answers INQUIRY (qualifier 3), REPORT LUNS and
   05h/25h/00h, which is what initiators probe with.
+- The inline lane (``inline=`` executor, given by the server): at the head of each receive,
+  plain READ/WRITE commands (next in CmdSN order, no AHS, a read answered by one Data-In,
+  a write whose data all came as immediate data) are executed straight from the receive
+  buffer and answered at once, without building PDU objects, tasks or events; the first PDU
+  it does not take, and everything after it in that receive, goes the general way, so
+  commands still run in the order they came. The lane is off with digests. Its answers
+  are byte for byte those of the general path (test_iscsi_inline.py).
 - StatSN (connection) advances for every status-bearing PDU; R2T, Data-In without status
   and target NOP-In pings carry it without advancing (docs/iscsi.md section 6).
 - Errors: ``PduRejected`` (from the reader or a handler) becomes a Reject PDU and the
@@ -65,6 +72,7 @@ from .framing import DEFAULT_HARD_CAP, PduReader
 from .keys import NOT_UNDERSTOOD, OperationalParameters, SessionType, encode_text
 from .login import LoginMachine, LoginResult, LoginState, PortalConfig
 from .pdu import (
+    BHS_LEN,
     MAX_DSL,
     NO_TAG,
     R2T,
@@ -109,6 +117,12 @@ _DATA_IN_FINAL_STATUS = 0x81
 # (the layout of pdu_target.SCSIResponse).
 _GOOD_RESPONSE = struct.Struct(">BBxx4x8xI4xIIII8x")
 _FINAL = 0x80
+# The inline lane's view of a SCSI Command BHS: byte 0, flags, the length word, LUN, ITT,
+# EDTL, CmdSN (ExpStatSN and the CDB are read separately).
+_LANE_BHS = struct.Struct(">BBxxIQIII")
+_F_READ, _F_WRITE = 0xC0, 0xA0  # F+R, F+W (ATTR is ignored: all tasks are SIMPLE here)
+# Runs a command at once if it can (see Connection._lane); None: not taken, nothing done.
+InlineExecutor = Callable[[object, ScsiCommand], ScsiResponse | None]
 DEFAULT_MAX_WRITE = 64 << 20  # largest EDTL a write may allocate a buffer for
 
 
@@ -175,6 +189,7 @@ class Connection:
         nop: NopPolicy | None = None,
         max_write_length: int = DEFAULT_MAX_WRITE,
         hard_cap: int = DEFAULT_HARD_CAP,
+        inline: InlineExecutor | None = None,
     ) -> None:
         self.portal = portal
         self.state = ConnState.LOGIN
@@ -204,6 +219,8 @@ class Connection:
         self._last_rx: float | None = None
         self._ping: tuple[int, float] | None = None  # (TTT, sent at) of our NOP-In ping
         self._advertised_max = 0
+        self._inline = inline
+        self._lun_numbers: dict[int, int] = {}  # LUN field -> LUN number, for the lane
 
     # --- the shell's interface ----------------------------------------------------------
 
@@ -212,7 +229,15 @@ class Connection:
         if self.state is ConnState.CLOSED:
             return []
         self._received = True
+        if self._inline is not None and self.state is ConnState.NORMAL \
+                and self._digests == (False, False):
+            data = self._receive_inline(memoryview(data).cast("B"))
         self._reader.receive_data(data)
+        self._pump()
+        return self._take_events()
+
+    def _pump(self) -> None:
+        """Route every complete PDU the reader holds."""
         while self.open:
             try:
                 pdu = self._reader.next_pdu()
@@ -228,7 +253,93 @@ class Connection:
             if pdu is None:
                 break
             self._route(pdu)
-        return self._take_events()
+
+    # --- the inline lane ------------------------------------------------------------------
+
+    def _receive_inline(self, view: memoryview) -> memoryview:
+        """Run the plain commands at the head of ``view`` through the inline lane; return
+        what is left for the reader. A PDU the last receive cut short is finished first, so a
+        stream of writes split across receives stays in the lane. Commands run in the order
+        they came, as on the general path: once a command goes the general way (and waits
+        for the shell), the rest of this receive follows it."""
+        need = self._reader.missing
+        if need is None or need > view.nbytes or self._held:
+            return view
+        if need:  # finish the PDU the last receive cut short: by the lane if it takes it
+            head = memoryview(self._reader.take_partial() + view[:need])
+            if self._lane(head, 0) < head.nbytes:
+                self._reader.receive_data(head)
+                self._pump()
+                # Its command now waits for the shell: later ones must not overtake it.
+                if self._events or self.state is not ConnState.NORMAL or self._held:
+                    return view[need:]
+        return view[self._lane(view, need):]
+
+    def _lane(self, view: memoryview, pos: int) -> int:
+        """Execute plain READ/WRITE commands straight from the receive buffer (module
+        docstring, "inline lane"); returns where the first PDU it does not take starts.
+
+        It takes a non-immediate SCSI Command with no AHS that is next in CmdSN order
+        with a slot free, an unused ITT and a mapped LUN, either a read (F+R, no data, EDTL
+        within one Data-In PDU and burst) or a write whose whole EDTL came as immediate
+        data (F+W, ImmediateData=Yes, within FirstBurstLength), and that the ``inline``
+        executor accepts (it returns None for anything it would not finish at once, having
+        done nothing). The outcome on the wire is what the general path gives."""
+        inline = self._inline
+        assert inline is not None
+        end = view.nbytes
+        window, tasks, luns, numbers = self.window, self.tasks, self.luns, self._lun_numbers
+        params = self.params
+        read_limit = min(params.initiator_max_recv_dsl, params.max_burst_length)
+        write_limit = (min(params.target_max_recv_dsl, params.first_burst_length)
+                       if params.immediate_data else -1)  # fmt: skip
+        nexus, out = self.nexus, self._out
+        while end - pos >= BHS_LEN:
+            b0, flags, word, lun_field, itt, edtl, cmdsn = _LANE_BHS.unpack_from(view, pos)
+            if b0 != Opcode.SCSI_COMMAND or word > MAX_DSL:  # immediate, other PDU, or AHS
+                break
+            size = BHS_LEN + ((word + 3) & ~3)
+            if size > end - pos or not window.is_next(cmdsn) or itt == NO_TAG or itt in tasks:
+                break
+            kind = flags & 0xE0
+            if kind == _F_READ and not word and edtl <= read_limit:
+                data_out = None
+            elif kind == _F_WRITE and word == edtl <= write_limit:
+                data_out = view[pos + BHS_LEN : pos + BHS_LEN + edtl]
+            else:
+                break
+            lun = numbers.get(lun_field)
+            if lun is None:
+                lun = numbers[lun_field] = decode_lun(lun_field)
+            lu = luns.get(lun)
+            if lu is None:
+                break
+            cdb = bytes(view[pos + 32 : pos + BHS_LEN])
+            response = inline(lu, ScsiCommand(cdb, data_out, edtl, nexus))
+            if response is None:
+                break
+            window.advance()
+            pos += size
+            if (response.status == _GOOD and response.sense is None
+                    and not response.residual_underflow and not response.residual_overflow):
+                if data_out is not None:
+                    out.extend(frame(_GOOD_RESPONSE.pack(
+                        Opcode.SCSI_RESPONSE, _FINAL, itt, self._next_statsn(),
+                        window.exp_cmdsn, self._max(), 0), b"", False, False))  # fmt: skip
+                    continue
+                if len(response.data_in) == edtl and edtl:
+                    out.extend(frame(_DATA_IN_WITH_STATUS.pack(
+                        Opcode.SCSI_DATA_IN, _DATA_IN_FINAL_STATUS, edtl, lun_field, itt,
+                        NO_TAG, self._next_statsn(), window.exp_cmdsn, self._max()),
+                        response.data_in, False, False))  # fmt: skip
+                    continue
+            # Anything else (an error, a short read) is answered by the general code.
+            task = Task(itt, cmdsn, lun_field, lun, lu, cdb, data_out is None,
+                        data_out is not None, edtl, False, executing=True)  # fmt: skip
+            window.acquire()
+            tasks[itt] = task
+            self.complete(itt, response)
+        return pos
 
     @property
     def open(self) -> bool:

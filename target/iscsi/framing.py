@@ -142,6 +142,26 @@ class PduReader:
         """Bytes received but not yet returned as PDUs."""
         return self._asm_fill + self._view.nbytes - self._pos
 
+    @property
+    def missing(self) -> int | None:
+        """Bytes still needed to complete the PDU being assembled: 0 when nothing is
+        buffered, None when the lengths are not known yet (less than a BHS buffered) or
+        unread bytes remain beyond it."""
+        if self._asm is None:
+            return 0 if self._view.nbytes == self._pos else None
+        if not self._frame_known or self._view.nbytes != self._pos:
+            return None
+        return len(self._asm) - self._asm_fill
+
+    def take_partial(self) -> bytes:
+        """Hand back the bytes of the PDU being assembled and forget them (only when
+        ``missing`` is a count: the caller completes the PDU itself)."""
+        if self._asm is None or not self._frame_known or self._view.nbytes != self._pos:
+            raise ValueError("no partial PDU of known length is buffered")
+        head = bytes(self._asm[: self._asm_fill])
+        self._asm, self._asm_fill, self._frame_known = None, 0, False
+        return head
+
     def receive_data(self, data: Buffer) -> None:
         """Append the next bytes of the stream. Invalidates the previous PDUs' data views."""
         if self._error is not None:

@@ -149,7 +149,7 @@ class IscsiProtocol(asyncio.BufferedProtocol):
         self.conn = Connection(
             server.portal, luns=server.luns_of,
             visible_targets=lambda initiator: server.visible_to(initiator, local),
-            allocate_tsih=server.allocate_tsih, nop=server.nop,
+            allocate_tsih=server.allocate_tsih, nop=server.nop, inline=_inline,
         )  # fmt: skip
         server.connections.add(self)
         if server.closing:
@@ -312,6 +312,12 @@ class IscsiProtocol(asyncio.BufferedProtocol):
             return
         self._handle(conn.tick(now))
         self._send()
+
+
+def _inline(lu: object, command: ScsiCommand) -> ScsiResponse | None:
+    """The connection's inline lane: a plain READ/WRITE runs on the loop as it arrives
+    (``LogicalUnit.fast_io`` declines anything else, having done nothing)."""
+    return cast(LogicalUnit, lu).fast_io(command)
 
 
 def _remainder(buffers: Sequence[Buffer], sent: int) -> list[Buffer]:

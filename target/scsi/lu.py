@@ -210,7 +210,7 @@ class LogicalUnit:
     def execute(self, cmd: ScsiCommand) -> ScsiResponse:
         cdb = cmd.cdb
         if cdb and cdb[0] in _FAST_IO:
-            fast = self._fast_io(cmd)
+            fast = self.fast_io(cmd)
             if fast is not None:
                 return fast
         try:
@@ -222,7 +222,7 @@ class LogicalUnit:
             return self._check_condition(_exception_to_check(exc), cmd)
         return self._respond(outcome, cmd)
 
-    def _fast_io(self, cmd: ScsiCommand) -> ScsiResponse | None:
+    def fast_io(self, cmd: ScsiCommand) -> ScsiResponse | None:
         """READ/WRITE (10)/(16) in the plain case, without building the decoded CDB and
         the outcome: no flags but DPO (and FUA on reads), group and control 0, EDTL equal
         to the transfer (and for writes, all of its data received), in range, nothing
@@ -237,11 +237,13 @@ class LogicalUnit:
                 return None
             lba = int.from_bytes(cdb[2:6], "big")
             blocks = int.from_bytes(cdb[7:9], "big")
-        else:
+        elif op == Opcode.READ_16 or op == Opcode.WRITE_16:
             if len(cdb) < 16 or cdb[14] or cdb[15]:
                 return None
             lba = int.from_bytes(cdb[2:10], "big")
             blocks = int.from_bytes(cdb[10:14], "big")
+        else:
+            return None
         write = op == Opcode.WRITE_10 or op == Opcode.WRITE_16
         if cdb[1] & (0xEF if write else 0xE7):
             return None
@@ -264,6 +266,8 @@ class LogicalUnit:
             except Exception as exc:  # the same mapping to sense data as the full path
                 return self._check_condition(_exception_to_check(exc), cmd)
             return ScsiResponse(ScsiStatus.GOOD)
+        if cmd.data_out is not None:  # a read sent with the W flag: the full path decides
+            return None
         try:
             return ScsiResponse(ScsiStatus.GOOD, device.read(lba, blocks))
         except Exception as exc:
