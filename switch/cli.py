@@ -1,4 +1,4 @@
-"""Command-line entry point: ``cdpswitch serve`` and ``cdpswitch version``."""
+"""Command-line entry point: ``cdpswitch serve``, ``cdpswitch shell`` and ``cdpswitch version``."""
 
 from __future__ import annotations
 
@@ -38,17 +38,44 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"data directory (default: ${DATA_ENV} or {DEFAULT_DATA_DIR})",
     )
+    serve.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="YAML configuration to run (default: the data directory's running"
+        " configuration, or one 1 GiB volume vol0 on 127.0.0.1:3260 on a first start)",
+    )
+
+    shell = sub.add_parser(
+        "shell",
+        help="administer a running switch (targetcli-style)",
+        description=(
+            "Without a command: an interactive shell (help, ls, cd, TAB completion). "
+            "With one: run it and exit 0 on success, 1 on failure, e.g. "
+            "`cdpswitch shell /volumes create name=vol0 size=1G`."
+        ),
+    )
+    shell.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help=f"the daemon's data directory (default: ${DATA_ENV} or {DEFAULT_DATA_DIR})",
+    )
+    shell.add_argument(
+        "words",
+        nargs=argparse.REMAINDER,
+        metavar="PATH COMMAND ARGS",
+        help="a path in the tree (default /), a command and its key=value parameters",
+    )
 
     sub.add_parser("version", help="print the version and exit")
     return parser
 
 
-def _serve(data_dir: Path) -> int:
-    print("the switch daemon is not built yet; running the protected-volume demo", flush=True)
-    from switch import demo  # lazy: only `serve` needs the engine
+def _serve(data_dir: Path, config: Path | None) -> int:
+    from switch import daemon  # lazy: only `serve` needs the engine and the target
 
-    result = demo.run(data_dir)
-    return result if isinstance(result, int) else 0
+    return daemon.run(data_dir, config)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -59,9 +86,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         data_dir: Path = args.data_dir if args.data_dir is not None else default_data_dir()
         try:
-            return _serve(data_dir)
+            return _serve(data_dir, args.config)
         except KeyboardInterrupt:
             return 130
+    if args.command == "shell":
+        from switch import shell  # lazy: configshell sets up readline and SIGINT on import
+
+        data_dir = args.data_dir if args.data_dir is not None else default_data_dir()
+        return shell.main(args.words, data_dir)
     raise AssertionError(f"unhandled command {args.command!r}")  # argparse rejects others
 
 

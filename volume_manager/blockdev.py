@@ -29,11 +29,11 @@ class BlockDevice(Protocol):
     @property
     def read_only(self) -> bool: ...
 
-    def read(self, lba: int, count: int) -> bytes:
+    def read(self, lba: int, count: int) -> bytes | bytearray:
         """Return ``count`` blocks starting at ``lba``."""
         ...
 
-    def write(self, lba: int, data: bytes | memoryview, *, fua: bool = False) -> None:
+    def write(self, lba: int, data: bytes | bytearray | memoryview, *, fua: bool = False) -> None:
         """Write whole blocks at ``lba``; with ``fua`` return only once durable."""
         ...
 
@@ -54,7 +54,7 @@ def check_range(lba: int, count: int, num_blocks: int) -> None:
         )
 
 
-def blocks_in(data: bytes | memoryview, block_size: int) -> int:
+def blocks_in(data: bytes | bytearray | memoryview, block_size: int) -> int:
     """Number of whole blocks in ``data``; raise if it is not a multiple."""
     n = len(data)
     if n % block_size:
@@ -89,7 +89,7 @@ class FileBlockDevice:
         check_range(lba, count, self._num_blocks)
         return os.pread(self._fd, count * self._block_size, lba * self._block_size)
 
-    def write(self, lba: int, data: bytes | memoryview, *, fua: bool = False) -> None:
+    def write(self, lba: int, data: bytes | bytearray | memoryview, *, fua: bool = False) -> None:
         if self._read_only:
             raise ReadOnlyError("device is read-only")
         check_range(lba, blocks_in(data, self._block_size), self._num_blocks)

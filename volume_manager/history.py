@@ -17,7 +17,7 @@ import numpy as np
 
 from volume_manager import extents as ext
 from volume_manager.blockdev import check_range
-from volume_manager.errors import PointError, ReadOnlyError, VolumeClosedError
+from volume_manager.errors import CorruptLogError, PointError, ReadOnlyError, VolumeClosedError
 from volume_manager.points import AtMarker, AtSeq, AtTime, Latest, Point, parse_point
 from volume_manager.records import RecordType
 from volume_manager.segments import LogWalker
@@ -168,7 +168,7 @@ def _seq_at_time(vol: Volume, ts: int) -> int:
 
 
 def read_layered(vol: Volume, changes: np.ndarray, starts: list[int], lba: int,
-                 count: int) -> bytes:
+                 count: int) -> bytearray:
     """Blocks [lba, lba+count) of the baseline with ``changes`` (a map of every change
     since the baseline, whose data lives in the log) laid on top.
 
@@ -188,20 +188,19 @@ def read_layered(vol: Volume, changes: np.ndarray, starts: list[int], lba: int,
         if stop > start:
             pieces.append((start, stop, p_seg, p_off + (start - p_lba) * bs))
             covered += stop - start
-    if not pieces:
-        return _pad(fs.pread(vol._baseline, count * bs, lba * bs), count * bs)
-    if covered == count:
-        buf = bytearray(count * bs)  # every block comes from the log
-    else:
-        buf = bytearray(_pad(fs.pread(vol._baseline, count * bs, lba * bs), count * bs))
+    buf = bytearray(count * bs)  # zeros: a read past the end of a sparse file stays so
+    view = memoryview(buf)
+    if covered < count:
+        fs.readinto(vol._baseline, view, lba * bs)
     for start, stop, p_seg, p_off in pieces:
         a = (start - lba) * bs
         n = (stop - start) * bs
         if p_seg == ext.ZERO_SEG:
-            buf[a: a + n] = bytes(n)
-        else:
-            buf[a: a + n] = fs.pread(vol.segment_fh(p_seg), n, p_off)
-    return bytes(buf)
+            view[a: a + n] = bytes(n)
+        elif fs.readinto(vol.segment_fh(p_seg), view[a: a + n], p_off) != n:
+            raise CorruptLogError(f"log segment {p_seg} is shorter than its map says"
+                              f" (offset {p_off}, {n} bytes)", segment=p_seg, offset=p_off)
+    return buf
 
 
 def _pad(data: bytes, size: int) -> bytes:
@@ -247,7 +246,7 @@ class PointInTimeView:
     def read_only(self) -> bool:
         return True
 
-    def read(self, lba: int, count: int) -> bytes:
+    def read(self, lba: int, count: int) -> bytes | bytearray:
         if self._closed:
             raise VolumeClosedError("view is closed")
         check_range(lba, count, self._vol.num_blocks)
@@ -257,7 +256,7 @@ class PointInTimeView:
         """Blocks that differ from the baseline, with where their data lives."""
         return self._map
 
-    def write(self, lba: int, data: bytes | memoryview, *, fua: bool = False) -> None:
+    def write(self, lba: int, data: bytes | bytearray | memoryview, *, fua: bool = False) -> None:
         raise ReadOnlyError(f"{self.label} is a point-in-time image and is read-only")
 
     def unmap(self, lba: int, count: int) -> None:

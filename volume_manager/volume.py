@@ -155,6 +155,8 @@ class Volume:
         self._failed: BaseException | None = None
         self.views: set[object] = set()
         self.recovery_report: list[str] = []
+        # I/O since open, for status and metrics (plain ints: one thread writes each).
+        self.reads = self.read_bytes = self.writes = self.written_bytes = 0
 
     @property
     def log_dir(self) -> str:
@@ -277,6 +279,8 @@ class Volume:
     def read(self, lba: int, count: int) -> bytes:
         check_range(lba, count, self.num_blocks)
         bs = self.block_size
+        self.reads += 1
+        self.read_bytes += count * bs
         with self._lock:
             if self._closed:
                 raise VolumeClosedError("volume is closed")
@@ -290,7 +294,7 @@ class Volume:
             data += bytes(count * bs - len(data))
         return data
 
-    def write(self, lba: int, data: bytes | memoryview, *, fua: bool = False,
+    def write(self, lba: int, data: bytes | bytearray | memoryview, *, fua: bool = False,
               flags: int = 0) -> int:
         """Write whole blocks; returns the record's sequence number."""
         count, rest = divmod(len(data), self.block_size)
@@ -301,6 +305,8 @@ class Volume:
         if fua:
             flags |= _FUA
         seq = self._append(_WRITE, flags, lba, count, data)
+        self.writes += 1
+        self.written_bytes += count * self.block_size
         if fua or self._pending.bytes > self._soft_limit or not self._write_cache:
             self._after_append(fua)
         return seq
@@ -330,7 +336,7 @@ class Volume:
                     self._commit_wake.notify()
 
     def _append(self, rtype: int, flags: int, lba: int, count: int,
-                payload: bytes | memoryview) -> int:
+                payload: bytes | bytearray | memoryview) -> int:
         # Zero copy: the caller's buffer goes straight into the log's page
         # cache with the header in front; nothing keeps a reference to it.
         # This runs once per host write: every line here is paid per I/O.

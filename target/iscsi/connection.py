@@ -404,7 +404,7 @@ class Connection:
             **self._seq(),
         ))  # fmt: skip
 
-    def _send_read_data(self, task: Task, data: bytes | memoryview, size: int) -> None:
+    def _send_read_data(self, task: Task, data: bytes | bytearray | memoryview, size: int) -> None:
         """The common read: all data in one Data-In PDU carrying GOOD status (11.7.1),
         packed directly; ``complete`` checked it fits one PDU and one burst."""
         header = _DATA_IN_WITH_STATUS.pack(

@@ -155,6 +155,11 @@ class IscsiProtocol(asyncio.BufferedProtocol):
         if server.closing:
             self.close()
 
+    @property
+    def nexus(self) -> Nexus | None:
+        """The session's I_T nexus once logged in to a target, until it is gone."""
+        return None if self._closing else self._nexus
+
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._view
 
@@ -336,16 +341,8 @@ class IscsiServer:
     def __init__(self, targets: Iterable[Target], *, nop: NopPolicy | None = None,
                  grace: float = DEFAULT_GRACE, cmd_window: int = 128,
                  discovery_chap: ChapConfig | None = None) -> None:
-        self.targets: dict[str, Target] = {t.iqn.lower(): t for t in targets}
-        self.portal = PortalConfig(
-            targets={name: TargetEntry(t.iqn, t.alias, t.chap,
-                                       None if t.allowed_initiators is None else
-                                       frozenset(i.lower() for i in t.allowed_initiators),
-                                       {k.lower(): v for k, v in t.acl_chap.items()})
-                     for name, t in self.targets.items()},
-            cmd_window=cmd_window,
-            discovery_chap=discovery_chap,
-        )  # fmt: skip
+        self._cmd_window = cmd_window
+        self.set_targets(targets, discovery_chap=discovery_chap)
         self.nop = nop
         self.grace = grace
         self.connections: set[IscsiProtocol] = set()
@@ -356,6 +353,36 @@ class IscsiServer:
         self._ticker: asyncio.TimerHandle | None = None
         self._port = 0
         self._closed: asyncio.Task[None] | None = None
+
+    def set_targets(self, targets: Iterable[Target], *,
+                    discovery_chap: ChapConfig | None = None) -> None:
+        """Replace what this portal exports. New logins and discovery see the change at
+        once; sessions already logged in keep their target's LUN map object (so a map
+        changed in place reaches them too) until they log out or are dropped."""
+        self.targets: dict[str, Target] = {t.iqn.lower(): t for t in targets}
+        self.portal = PortalConfig(
+            targets={name: TargetEntry(t.iqn, t.alias, t.chap,
+                                       None if t.allowed_initiators is None else
+                                       frozenset(i.lower() for i in t.allowed_initiators),
+                                       {k.lower(): v for k, v in t.acl_chap.items()})
+                     for name, t in self.targets.items()},
+            cmd_window=self._cmd_window,
+            discovery_chap=discovery_chap,
+        )  # fmt: skip
+
+    def sessions(self) -> list[Nexus]:
+        """The I_T nexus of every logged-in normal session on this portal."""
+        return [p.nexus for p in self.connections if p.nexus is not None]
+
+    def drop_sessions(self, target_iqn: str) -> int:
+        """Close every connection logged in to ``target_iqn`` (a forced offline: hosts
+        log in again and find the LU as it is now); returns how many."""
+        name = target_iqn.lower()
+        dropped = [p for p in self.connections
+                   if p.nexus is not None and p.nexus.target_name.lower() == name]
+        for protocol in dropped:
+            protocol.close()
+        return len(dropped)
 
     @property
     def port(self) -> int:

@@ -43,7 +43,7 @@ class ScsiResponse:
     """
 
     status: ScsiStatus
-    data_in: bytes | memoryview = b""
+    data_in: bytes | bytearray | memoryview = b""
     sense: bytes | None = None
     residual_overflow: int = 0  # the command wanted this many bytes more than EDTL
     residual_underflow: int = 0  # EDTL exceeds what the command transferred by this much
@@ -59,7 +59,7 @@ class Outcome:
     None means ``len(data)``.
     """
 
-    data: bytes | memoryview = b""
+    data: bytes | bytearray | memoryview = b""
     wanted: int | None = None
     flush: bool = False
     status: ScsiStatus = ScsiStatus.GOOD

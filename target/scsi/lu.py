@@ -76,6 +76,8 @@ log = logging.getLogger(__name__)
 # Commands that neither report nor clear a pending unit attention ([SAM-5] 5.14).
 _UA_EXEMPT = frozenset({Opcode.INQUIRY, Opcode.REPORT_LUNS, Opcode.REQUEST_SENSE})
 _FAST_IO = frozenset({Opcode.READ_10, Opcode.READ_16, Opcode.WRITE_10, Opcode.WRITE_16})
+# While offline, the commands that describe the LU (and REQUEST SENSE) still answer.
+_OFFLINE_OK = _UA_EXEMPT
 
 
 # Dispatch by CDB type; block I/O is dispatched again by kind inside sbc.
@@ -157,6 +159,19 @@ class LogicalUnit:
         self.unit_attentions = UnitAttentions()
         self.reservations = Reservations()
         self._lun_list = lun_list
+        # Set while the switch works on the medium (a forced rewind): media access is
+        # answered NOT READY, OPERATION IN PROGRESS until it is cleared.
+        self.offline: str | None = None
+
+    def take_offline(self, reason: str) -> None:
+        self.offline = reason
+
+    def bring_online(self, *, medium_changed: bool = True) -> None:
+        """Back in service; every nexus gets MEDIUM MAY HAVE CHANGED first, so hosts
+        drop what they cached of the old contents."""
+        self.offline = None
+        if medium_changed:
+            self.unit_attentions.establish(Asc.MEDIUM_MAY_HAVE_CHANGED)
 
     def luns(self) -> Sequence[int]:
         """LUN numbers of the owning target, for REPORT LUNS (LUN 0 alone by default)."""
@@ -253,7 +268,7 @@ class LogicalUnit:
                 or lba + blocks > device.num_blocks):
             return None
         res = self.reservations
-        if res.reservation is not None or res.spc2_holder is not None:
+        if res.reservation is not None or res.spc2_holder is not None or self.offline:
             return None
         if not self.unit_attentions.none_for(cmd.nexus):
             return None
@@ -279,6 +294,8 @@ class LogicalUnit:
             ua = self.unit_attentions.pop(cmd.nexus)
             if ua is not None:
                 raise CheckCondition(SenseKey.UNIT_ATTENTION, ua)
+        if self.offline is not None and opcode not in _OFFLINE_OK:
+            raise CheckCondition(SenseKey.NOT_READY, Asc.LU_NOT_READY_OPERATION_IN_PROGRESS)
         cdb = decode(cmd.cdb)
         self.reservations.check(cmd.nexus, cmd.cdb)
         return HANDLERS[type(cdb)](self, cdb, cmd)

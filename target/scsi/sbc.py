@@ -52,7 +52,7 @@ LbaStatusFn = Callable[[int, int], Iterable[tuple[int, int, bool]]]
 CHUNK_BLOCKS = 2048
 
 
-def _mismatch(a: bytes | memoryview, b: bytes | memoryview) -> int | None:
+def _mismatch(a: bytes | bytearray | memoryview, b: bytes | bytearray | memoryview) -> int | None:
     """Offset of the first differing byte, or None."""
     if a == b:
         return None

@@ -261,6 +261,11 @@ class CrashSimFiles:
     def pread(self, fh: int, length: int, offset: int) -> bytes:
         return bytes(self._data[self._fh(fh)][offset : offset + length])
 
+    def readinto(self, fh: int, buf: memoryview, offset: int) -> int:
+        data = self.pread(fh, buf.nbytes, offset)
+        buf[: len(data)] = data
+        return len(data)
+
     def pwrite(self, fh: int, data: bytes | memoryview, offset: int) -> int:
         ino = self._fh(fh, write=True)
         data = bytes(data)

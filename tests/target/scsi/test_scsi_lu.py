@@ -252,3 +252,18 @@ def test_durability_is_left_to_the_transport(tmp_path: Path, cdb: bytes,
     assert "flush" not in dev.calls and "write fua=True" not in dev.calls
     assert lu.complete_flush(cmd, resp).status == ScsiStatus.GOOD
     assert dev.calls[-1] == "flush"
+
+
+def test_offline_lu_answers_not_ready_then_medium_changed(tmp_path: Path) -> None:
+    """A forced rewind takes the LU offline: media access is NOT READY, OPERATION IN
+    PROGRESS, INQUIRY still answers; back online, every nexus first hears MEDIUM MAY HAVE
+    CHANGED, then I/O works (the switch's daemon relies on this)."""
+    lu = ready_lu(file_device(tmp_path))
+    lu.take_offline("rewind")
+    for cdb in (bytes(6), cdb10(0x28, 0, 1)):
+        assert sense_of(run(lu, cdb)) == (0x02, 0x04, 0x07)
+    assert run(lu, inquiry()).status == 0
+    assert sense_of(run(lu, cdb10(0x2A, 0, 1), bytes(BS))) == (0x02, 0x04, 0x07)
+    lu.bring_online()
+    assert sense_of(run(lu, bytes(6))) == (0x06, 0x28, 0x00)
+    assert run(lu, cdb10(0x28, 0, 1)).status == 0
