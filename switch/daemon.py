@@ -177,9 +177,10 @@ class Switch:
 
     # --- applying a configuration ---------------------------------------------------------
 
-    async def _apply(self, cfg: SwitchConfig) -> None:
+    async def _apply(self, cfg: SwitchConfig, progress: ProgressFn | None = None) -> None:
         """Bring the live state in line with ``cfg``. On failure, what this call opened
-        is closed again and what it closed is not touched (it closes last)."""
+        is closed again and what it closed is not touched (it closes last). ``progress``
+        hears about long steps (the baseline copy of a new volume's existing data)."""
         opened_vols: list[str] = []
         opened_imgs: list[str] = []
         try:
@@ -187,7 +188,7 @@ class Switch:
                 if name in self.volumes:
                     self._check_unchanged(name, vcfg)
                     continue
-                live = await asyncio.to_thread(self._open_volume, name, vcfg)
+                live = await asyncio.to_thread(self._open_volume, name, vcfg, progress)
                 self.volumes[name] = live
                 opened_vols.append(name)
             for name, icfg in cfg.images.items():
@@ -228,7 +229,8 @@ class Switch:
         secondary = (self.data.resolve(vcfg.secondary) if vcfg.secondary else home / "cdp")
         return primary, secondary
 
-    def _open_volume(self, name: str, vcfg: Any) -> LiveVolume:
+    def _open_volume(self, name: str, vcfg: Any, progress: ProgressFn | None = None
+                     ) -> LiveVolume:
         primary, secondary = self._paths(name, vcfg)
         try:
             if (secondary / "catalog.db").exists():
@@ -239,8 +241,10 @@ class Switch:
             else:
                 primary.parent.mkdir(parents=True, exist_ok=True)
                 size = None if primary.exists() else vcfg.size
-                vol = Volume.create(str(secondary), str(primary), size=size,
-                                    block_size=vcfg.block_size)
+                vol = Volume.create(
+                    str(secondary), str(primary), size=size, block_size=vcfg.block_size,
+                    progress=None if progress is None else
+                    (lambda done, total: progress(f"baseline of {name}", done, total)))
                 event = "volume created"
         except EngineError as exc:
             raise AdminError("engine", f"volume {name!r}: {exc}") from exc
@@ -374,12 +378,13 @@ class Switch:
         data: dict[str, Any] = yaml.safe_load(dump_config(self.config)) or {}
         return data
 
-    async def _commit(self, data: dict[str, Any], what: str, **fields: Any) -> None:
+    async def _commit(self, data: dict[str, Any], what: str, *,
+                      progress: ProgressFn | None = None, **fields: Any) -> None:
         try:
             cfg = parse_config(yaml.safe_dump(data, sort_keys=False), "(admin request)")
         except ConfigError as exc:
             raise _invalid(exc) from exc
-        await self._apply(cfg)
+        await self._apply(cfg, progress)
         self.config = cfg
         save_config(cfg, self.data.running_config)
         log.info(what, **fields)
@@ -520,7 +525,8 @@ class Switch:
                                  " choose another secondary= or remove it")
             data = self._edit()
             data.setdefault("volumes", {})[name] = entry
-            await self._commit(data, "volume created by admin", volume=name)
+            await self._commit(data, "volume created by admin", progress=progress,
+                               volume=name)
         return self._volume_status(self.volumes[name])
 
     async def api_volumes__delete(self, params: dict[str, Any], progress: ProgressFn) -> Any:
@@ -675,8 +681,8 @@ class Switch:
             data = self._edit()
             data.setdefault("volumes", {})[name] = entry
             try:
-                await self._commit(data, "volume cloned", volume=name, source=live.name,
-                                   at=at, seq=seq)
+                await self._commit(data, "volume cloned", progress=progress, volume=name,
+                                   source=live.name, at=at, seq=seq)
             except BaseException:
                 with contextlib.suppress(OSError):
                     primary.unlink()
