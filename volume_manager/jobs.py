@@ -205,8 +205,10 @@ def _check_views(vol: Volume, lo: int, hi: int, what: str) -> None:
             raise BusyError(f"an open image at seq:{s} needs history that the {what} removes")
 
 
-def merge(vol: Volume, start: str | Point | int, end: str | Point | int) -> MapRow:
-    """Merge the adjacent maps between two boundaries into one (coarser) map."""
+def merge(vol: Volume, start: str | Point | int, end: str | Point | int, *,
+          klass: str | None = None) -> MapRow:
+    """Merge the adjacent maps between two boundaries into one (coarser) map, labelled
+    with retention class ``klass`` (default: the newest merged map's)."""
     with vol._job_lock:
         lo, hi = _boundary(vol, start, "start"), _boundary(vol, end, "end")
         olds = maps_between(vol, lo, hi)
@@ -221,7 +223,8 @@ def merge(vol: Volume, start: str | Point | int, end: str | Point | int) -> MapR
         extents = ext.compose([vol.map_extents(m) for m in olds], vol.block_size)
         dm = mapcodec.DeltaMap(lo, hi, vol.block_size, False, extents)
         fname = vol._write_map_file(dm)
-        klass = olds[-1].row.klass
+        if klass is None:
+            klass = olds[-1].row.klass
         row = MapRow(0, lo, hi, olds[-1].row.to_ts_ns, fname, len(extents), False, klass,
                      olds[0].row.start_seg, olds[0].row.start_off,
                      mapcodec.HEADER_SIZE + extents.nbytes)

@@ -22,6 +22,7 @@ views, jobs) so that they see a stable list of maps. fsync runs outside
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import os
 import struct
@@ -43,6 +44,7 @@ from volume_manager.errors import (
     CorruptMapError,
     EngineError,
     MarkerExistsError,
+    PointError,
     ReadOnlyError,
     SecondaryFullError,
     VolumeClosedError,
@@ -160,6 +162,7 @@ class Volume:
         self.recovery_report: list[str] = []
         # I/O since open, for status and metrics (plain ints: one thread writes each).
         self.reads = self.read_bytes = self.writes = self.written_bytes = 0
+        self._refusing: str | None = None
 
     @property
     def log_dir(self) -> str:
@@ -305,6 +308,8 @@ class Volume:
             check_range(lba, blocks_in(data, self.block_size), self.num_blocks)
         if count == 0:
             return self._seq
+        if self._refusing is not None and not flags & RecordFlag.REWIND:
+            raise SecondaryFullError(f"writes refused: {self._refusing}")
         if fua:
             flags |= _FUA
         seq = self._append(_WRITE, flags, lba, count, data)
@@ -532,6 +537,51 @@ class Volume:
                 self._failed = exc
                 return
 
+    # ------------------------------------------------- retention bookkeeping
+    def set_map_class(self, from_seq: int, to_seq: int, klass: str) -> int:
+        """Label the live maps within [from_seq, to_seq] with retention class ``klass``
+        (the policy engine's record of which class last processed them); returns how
+        many maps were relabelled."""
+        with self._job_lock:
+            hits = [i for i, m in enumerate(self.maps)
+                    if from_seq <= m.from_seq and m.to_seq <= to_seq and m.row.klass != klass]
+            if not hits:
+                return 0
+            with self.catalog.transaction() as db:
+                for i in hits:
+                    db.execute("UPDATE maps SET class=? WHERE id=?", (klass, self.maps[i].row.id))
+            for i in hits:
+                m = self.maps[i]
+                self.maps[i] = MapInfo(dataclasses.replace(m.row, klass=klass), m._extents)
+            return len(hits)
+
+    def set_pinned(self, name: str, pinned: bool) -> MarkerRow:
+        """Pin a marker (no merge or fade-out removes it) or unpin it."""
+        with self._job_lock:
+            marker = self.markers.get(name)
+            if marker is None:
+                raise PointError(f"no marker named {name!r}")
+            with self.catalog.transaction() as db:
+                db.execute("UPDATE markers SET pinned=? WHERE name=?", (int(pinned), name))
+            marker = self.markers[name] = dataclasses.replace(marker, pinned=pinned)
+            return marker
+
+    def refuse_writes(self, reason: str | None) -> None:
+        """Refuse host writes (``SecondaryFullError`` with ``reason``) until called with
+        None: a space budget's ``refuse_writes`` action. Rewinds and other jobs of the
+        switch still write (they are how space is won back)."""
+        self._refusing = reason
+
+    @property
+    def writes_refused(self) -> str | None:
+        return self._refusing
+
+    def segment_sizes(self) -> list[tuple[int, int, int]]:
+        """(id, first seq, bytes) of every live log segment, oldest first."""
+        with self._lock:
+            return [(s.id, s.first_seq, self._seg_end if s is self._active else s.end)
+                    for s in sorted(self._segments.values(), key=lambda s: s.id)]
+
     # ----------------------------------------------------------------- markers
     def mark(self, name: str | None = None, *, pinned: bool = False) -> MarkerRow:
         """Insert a marker; returns once it is durable and its delta map exists."""
@@ -698,10 +748,10 @@ class Volume:
 
         return jobs.playback(self, start, end, lba, count, dest, **kw)  # type: ignore[arg-type]
 
-    def merge(self, start: str | int, end: str | int) -> MapRow:
+    def merge(self, start: str | int, end: str | int, *, klass: str | None = None) -> MapRow:
         from volume_manager import jobs
 
-        return jobs.merge(self, start, end)
+        return jobs.merge(self, start, end, klass=klass)
 
     def fade(self, before: str | int, **kw: object) -> jobs_mod.FadeResult:
         from volume_manager import jobs

@@ -24,6 +24,7 @@ from volume_manager.errors import (
     OutOfRangeError,
     PointError,
     ReadOnlyError,
+    SecondaryFullError,
     VolumeClosedError,
 )
 from volume_manager.jobs import Cancelled
@@ -849,3 +850,49 @@ def test_every_valid_marker_name_parses_as_that_marker() -> None:
     for name in ("a", "alpha-1", "x.y_z", "Z" * 128, "seq", "sequel", "nowhere", "m5"):
         check_marker_name(name)
         assert parse_point(name) == AtMarker(name)
+
+
+# ------------------------------------------------------- retention bookkeeping
+def test_map_classes_pins_and_merge_labels_persist(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    v = make(tmp_path)
+    try:
+        for i in range(4):
+            v.write(i, bytes([i + 1]) * BS)
+            v.mark(f"m{i}")
+        assert v.set_map_class(0, v.maps[1].to_seq, "hourly") == 2
+        assert v.set_map_class(0, v.maps[1].to_seq, "hourly") == 0  # already labelled
+        v.set_pinned("m2", True)
+        with pytest.raises(BusyError, match="m2"):
+            v.merge("m1", "m3")
+        v.set_pinned("m2", False)
+        row = v.merge("m1", "m3", klass="daily")
+        assert row.klass == "daily"
+        with pytest.raises(PointError):
+            v.set_pinned("nope", True)
+        v.set_pinned("m0", True)
+    finally:
+        v.close()
+    v = Volume.open(str(tmp_path / "vol"), options=OPTIONS)
+    try:
+        assert [m.row.klass for m in v.maps] == ["hourly", "hourly", "daily"]
+        assert v.markers["m0"].pinned and "m2" not in v.markers
+    finally:
+        v.close()
+
+
+def test_refused_writes_fail_cleanly_and_rewind_still_works(vol) -> None:  # type: ignore[no-untyped-def]
+    vol.write(0, b"\1" * BS)
+    vol.mark("a")
+    vol.write(0, b"\2" * BS)
+    vol.refuse_writes("budget reached: 95% of 1 GiB")
+    seq = vol.seq
+    with pytest.raises(SecondaryFullError, match="budget reached"):
+        vol.write(0, b"\3" * BS)
+    assert vol.seq == seq and vol.read(0, 1) == b"\2" * BS
+    vol.rewind("a")  # the switch's own jobs still write
+    assert vol.read(0, 1) == b"\1" * BS
+    vol.refuse_writes(None)
+    vol.write(0, b"\4" * BS)
+    assert vol.read(0, 1) == b"\4" * BS
+    sizes = vol.segment_sizes()
+    assert sizes and sizes[-1][2] > 0 and sizes[0][1] <= 1
