@@ -44,7 +44,7 @@ deps:
 	fi
 
 # Packages held to mypy --strict (the rest join as they get clean).
-STRICT := volume_manager target/iscsi target/scsi switch
+STRICT := volume_manager target/iscsi target/scsi switch policies
 
 lint: venv
 	$(VENV)/bin/ruff check .
@@ -65,6 +65,8 @@ bench-deps:
 bench: venv bench-deps
 	$(VPY) bench/engine.py
 	$(VPY) bench/iscsi.py
+	$(VPY) bench/images.py
+	$(VPY) bench/policy.py
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .hypothesis .ruff_cache .mypy_cache

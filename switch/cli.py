@@ -1,9 +1,11 @@
-"""Command-line entry point: ``cdpswitch serve``, ``cdpswitch shell`` and ``cdpswitch version``."""
+"""Command-line entry point: ``cdpswitch serve``, ``cdpswitch shell``, ``cdpswitch policy check``
+and ``cdpswitch version``."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
@@ -68,8 +70,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="a path in the tree (default /), a command and its key=value parameters",
     )
 
+    policy = sub.add_parser("policy", help="retention policy files (offline)")
+    policy_sub = policy.add_subparsers(dest="policy_command", metavar="COMMAND", required=True)
+    check = policy_sub.add_parser(
+        "check",
+        help="validate a policy file",
+        description="Validate a retention policy file without a running switch: exit 0 and"
+        " a one-line summary, or exit 1 with one FILE:LINE: message line per problem.",
+    )
+    check.add_argument("file", type=Path, metavar="FILE")
+
     sub.add_parser("version", help="print the version and exit")
     return parser
+
+
+def _policy_check(path: Path) -> int:
+    from policies.schema import PolicyError, load_policies
+
+    try:
+        loaded = load_policies(path)
+    except PolicyError as exc:
+        for issue in exc.issues:
+            print(issue, file=sys.stderr)
+        return 1
+    names = ", ".join(loaded.policies)
+    count = len(loaded.policies)
+    print(f"{path}: ok, {count} polic{'y' if count == 1 else 'ies'}: {names}")
+    return 0
 
 
 def _serve(data_dir: Path, config: Path | None) -> int:
@@ -94,6 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         data_dir = args.data_dir if args.data_dir is not None else default_data_dir()
         return shell.main(args.words, data_dir)
+    if args.command == "policy":
+        return _policy_check(args.file)  # "check" is the only policy command
     raise AssertionError(f"unhandled command {args.command!r}")  # argparse rejects others
 
 

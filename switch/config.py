@@ -6,7 +6,7 @@ Reading a file runs three passes. Each collects every problem it can before givi
 each problem is reported as ``FILE:LINE: key.path: what is wrong``, one per line, sorted
 by line (:class:`ConfigError`):
 
-1. *Read* (:mod:`switch.yamlpos`): PyYAML's safe composer gives the node tree, which knows
+1. *Read* (:mod:`policies.yamlpos`): PyYAML's safe composer gives the node tree, which knows
    the line of every key and item. It becomes plain data plus a position tree of the same
    shape. Syntax errors stop here; duplicate keys (which PyYAML would silently resolve to
    the last one) are collected and reading goes on.
@@ -31,9 +31,7 @@ import ipaddress
 import os
 import re
 import tempfile
-import types
-import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Annotated, Any, Literal, Self
@@ -50,9 +48,10 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import ErrorDetails, PydanticSerializationError
+from pydantic_core import PydanticSerializationError
 
-from switch import yamlpos
+from policies import yamlpos
+from policies.yamlcheck import Issue, Loc, YamlError, load_document, read_text, shape_issues
 from volume_manager.errors import PointError
 from volume_manager.points import parse_point
 
@@ -92,26 +91,11 @@ HEADER = (
 # --- errors -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class ConfigIssue:
-    """One problem in a configuration file; ``line`` is 1-based, ``path`` like ``a[0].b``."""
-
-    filename: str
-    line: int | None
-    path: str
-    message: str
-
-    def __str__(self) -> str:
-        where = self.filename if self.line is None else f"{self.filename}:{self.line}"
-        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+ConfigIssue = Issue
 
 
-class ConfigError(Exception):
+class ConfigError(YamlError):
     """The configuration is invalid; ``issues`` holds every problem found, sorted by line."""
-
-    def __init__(self, issues: Sequence[ConfigIssue]) -> None:
-        self.issues = tuple(sorted(issues, key=lambda i: i.line or 0))
-        super().__init__("\n".join(str(i) for i in self.issues))
 
 
 # --- sizes ------------------------------------------------------------------------------
@@ -443,87 +427,8 @@ class SwitchConfig(_Model):
 
 # --- reading ----------------------------------------------------------------------------
 
-Loc = tuple[str | int, ...]
-_YAML_TYPES = {dict: "a mapping", list: "a list", str: "a string", int: "an integer",
-               float: "a number", bool: "true/false", type(None): "nothing (null)"}
-
-
-def _strip(tp: Any) -> Any:
-    """The model, list or dict type inside ``Annotated[...]`` and ``X | None``."""
-    while True:
-        origin = typing.get_origin(tp)
-        if origin is Annotated:
-            tp = typing.get_args(tp)[0]
-        elif origin in (typing.Union, types.UnionType):
-            args = [a for a in typing.get_args(tp) if a is not type(None)]
-            if len(args) != 1:
-                return tp
-            tp = args[0]
-        else:
-            return tp
-
-
-def _keys_at(loc: Loc) -> list[str]:
-    """The keys the model at ``loc`` accepts (for "unknown key" messages)."""
-    tp: Any = SwitchConfig
-    for part in loc:
-        tp = _strip(tp)
-        if isinstance(tp, type) and issubclass(tp, BaseModel) and isinstance(part, str):
-            info = tp.model_fields.get(part)
-            if info is None:
-                return []
-            tp = info.annotation
-        elif typing.get_origin(tp) is list:
-            tp = typing.get_args(tp)[0]
-        elif typing.get_origin(tp) is dict:
-            tp = typing.get_args(tp)[1]
-        else:
-            return []
-    tp = _strip(tp)
-    return list(tp.model_fields) if isinstance(tp, type) and issubclass(tp, BaseModel) else []
-
-
-_EXPECTED = {
-    "string_type": "expected a string",
-    "int_type": "expected an integer",
-    "int_parsing": "expected an integer",
-    "int_from_float": "expected a whole number",
-    "bool_type": "expected true or false",
-    "bool_parsing": "expected true or false",
-    "list_type": "expected a list",
-    "dict_type": "expected a mapping",
-    "model_type": "expected a mapping",
-    "model_attributes_type": "expected a mapping",
-}
-
-
-def _message(error: ErrorDetails, loc: Loc) -> str:
-    """A pydantic error as a sentence. Only the *type* of the input is ever shown."""
-    kind = error["type"]
-    if kind == "missing":
-        return "required key is missing"
-    if kind == "extra_forbidden":
-        keys = _keys_at(loc[:-1])
-        return "unknown key" + (f"; expected one of: {', '.join(keys)}" if keys else "")
-    if kind in _EXPECTED:
-        value = error.get("input")
-        msg = f"{_EXPECTED[kind]}, got {_YAML_TYPES.get(type(value), 'something else')}"
-        if kind == "string_type" and isinstance(value, int | float):
-            msg += " (quote it to make it a string)"
-        return msg
-    msg = error["msg"].removeprefix("Value error, ")
-    return msg.replace("Input should be ", "expected ", 1)
-
-
-def _shape_issues(exc: ValidationError, doc: yamlpos.Document, filename: str) -> list[ConfigIssue]:
-    issues = []
-    for error in exc.errors(include_url=False):
-        loc: Loc = tuple(error["loc"])
-        if loc and loc[-1] == "[key]":  # the key itself is wrong: report at the key
-            loc = loc[:-1]
-        issues.append(ConfigIssue(filename, doc.where.line_of(loc), doc.where.describe(loc),
-                                  _message(error, loc)))
-    return issues
+def _shape_issues(exc: ValidationError, doc: yamlpos.Document, filename: str) -> list[Issue]:
+    return shape_issues(exc, SwitchConfig, doc, filename)
 
 
 @dataclass(slots=True)
@@ -586,13 +491,7 @@ def _check_tpg(cfg: SwitchConfig, tpg: TpgConfig, at: Loc, out: _Clashes) -> Non
 
 def parse_config(text: str, filename: str) -> SwitchConfig:
     """Validate YAML ``text``; ``filename`` is only used in messages. Raises ConfigError."""
-    try:
-        doc = yamlpos.load(text)
-    except yamlpos.YamlSyntaxError as exc:
-        raise ConfigError([ConfigIssue(filename, exc.line, "", f"invalid YAML: {exc.message}")]) \
-            from exc
-    issues = [ConfigIssue(filename, p.line, doc.where.describe(p.path), p.message)
-              for p in doc.problems]
+    doc, issues = load_document(text, filename, ConfigError)
     try:
         cfg = SwitchConfig.model_validate({} if doc.data is None else doc.data)
     except ValidationError as exc:
@@ -614,17 +513,7 @@ def parse_config(text: str, filename: str) -> SwitchConfig:
 def load_config(path: str | os.PathLike[str]) -> SwitchConfig:
     """Read and validate a configuration file; an empty file is an empty configuration."""
     filename = os.fspath(path)
-    try:
-        with open(filename, "rb") as f:
-            raw = f.read()
-    except OSError as exc:
-        raise ConfigError([ConfigIssue(filename, None, "", f"cannot read: {exc.strerror}")]) \
-            from exc
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise ConfigError([ConfigIssue(filename, line, "", "the file is not UTF-8")]) from exc
+    text = read_text(filename, ConfigError)
     return parse_config(text, filename)
 
 

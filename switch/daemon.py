@@ -44,6 +44,7 @@ from typing import Any, cast
 import structlog
 import yaml
 
+from policies.schema import PolicyError, format_duration
 from switch.admin_protocol import AdminError
 from switch.admin_server import AdminServer, start_admin_server
 from switch.config import (
@@ -57,6 +58,7 @@ from switch.config import (
 )
 from switch.datadir import DataDir
 from switch.metrics import Metric, MetricsServer, start_metrics_server
+from switch.policy_runner import NO_POLICY, PolicyRunner
 from target.iscsi.chap import ChapConfig, ChapCredentials
 from target.iscsi.server import IscsiServer, Target, start_server
 from target.scsi.lu import LogicalUnit
@@ -138,11 +140,22 @@ class Switch:
         self.admin: AdminServer | None = None
         self.metrics: MetricsServer | None = None
         self.started = time.monotonic()
-        self.rewinds_in_progress: set[str] = set()
+        self.policy = PolicyRunner(self._policy_volumes)
+
+    def _policy_volumes(self) -> dict[str, tuple[Volume, str | None, bool]]:
+        return {name: (live.volume, self.config.volumes[name].policy, live.busy is not None)
+                for name, live in self.volumes.items() if name in self.config.volumes}
+
+    def _policies_path(self, cfg: SwitchConfig) -> Path | None:
+        return None if cfg.policies_file is None else self.data.resolve(cfg.policies_file)
 
     # --- lifecycle ------------------------------------------------------------------------
 
     async def start(self, cfg: SwitchConfig) -> None:
+        try:
+            self.policy.load(self._policies_path(cfg))
+        except PolicyError as exc:
+            raise AdminError("invalid", f"policies_file: {exc}") from exc
         await self._apply(cfg)
         self.config = cfg
         save_config(cfg, self.data.running_config)
@@ -151,12 +164,14 @@ class Switch:
             host, _, port = cfg.metrics.listen.rpartition(":")
             self.metrics = await start_metrics_server(host.strip("[]"), int(port),
                                                       self.metric_samples)
+        self.policy.start()
         log.info("switch started", data_dir=str(self.data.root),
                  volumes=sorted(self.volumes), images=sorted(self.images),
                  portals=[f"{h}:{p}" for h, p in self.portals])
 
     async def stop(self) -> None:
         log.info("switch stopping")
+        await self.policy.stop()
         if self.admin is not None:
             self.admin.close()
         servers = list(self.portals.values())
@@ -183,6 +198,12 @@ class Switch:
         hears about long steps (the baseline copy of a new volume's existing data)."""
         opened_vols: list[str] = []
         opened_imgs: list[str] = []
+        for name, vcfg in cfg.volumes.items():
+            if vcfg.policy not in (None, NO_POLICY) and vcfg.policy not in self.policy.policies:
+                known = ", ".join(sorted(self.policy.policies))
+                raise AdminError("invalid", f"volumes.{name}.policy: no policy named"
+                                 f" {vcfg.policy!r} is loaded (policies: {known}; 'none'"
+                                 " runs none)")
         try:
             for name, vcfg in cfg.volumes.items():
                 if name in self.volumes:
@@ -477,7 +498,6 @@ class Switch:
             "name": live.name, "size": vol.num_blocks * vol.block_size,
             "block_size": vol.block_size, "seq": vol.seq,
             "primary": vol.primary_path, "secondary": str(secondary),
-            "policy": self.config.volumes[live.name].policy,
             "oldest_point": {"seq": vol.baseline_seq,
                              "time": _iso(vol.catalog.get_int("baseline_ts"))},
             "newest_point": {"seq": vol.seq},
@@ -488,6 +508,7 @@ class Switch:
             "exported": [f"{i}/tpg{t}/lun{n}" for i, t, n in self._exported(volume=live.name)],
             "sessions": self._sessions_on(iqns), "busy": live.busy,
             "offline": live.lu.offline,
+            "policy": self.policy.report(live.name, vol, self.config.volumes[live.name].policy),
         }
 
     async def api_volumes__list(self, params: dict[str, Any], progress: ProgressFn) -> Any:
@@ -593,6 +614,7 @@ class Switch:
             "maps": await self.api_volume__maps(params, progress),
             "images": [self._image_info(i) for i in self.images.values()
                        if i.volume == live.name],
+            "classes": self.policy.view(live.name, vol, self.config.volumes[live.name].policy),
         }
 
     async def api_volume__rewind(self, params: dict[str, Any], progress: ProgressFn) -> Any:
@@ -951,19 +973,84 @@ class Switch:
                                auth="chap" if auth else "none")
         return {"auth": "chap" if auth else "none"}
 
-    # policies (the policy engine is issue 12: the hook is here, empty)
+    # policies
+
+    def _policy_info(self, name: str) -> dict[str, Any]:
+        policy = self.policy.policies[name]
+        users = sorted(v for v, c in self.config.volumes.items()
+                       if (c.policy or "default") == name)
+        return {"name": name, "description": policy.description,
+                "classes": [{"name": c.name,
+                             "granularity": "every write" if c.every_write
+                             else format_duration(c.granularity),
+                             "for": format_duration(c.for_)} for c in policy.classes],
+                "older": policy.older, "volumes": users,
+                "snapshots": _some({
+                    "every": _dur(policy.snapshots.every),
+                    "every_writes": policy.snapshots.every_writes}),
+                "merge": _some({
+                    "after": _dur(policy.merge.after),
+                    "after_writes": policy.merge.after_writes,
+                    "schedule": [_dur(t) for t in policy.merge.schedule] or None}),
+                "budget": None if policy.budget is None else _some({
+                    "max_bytes": policy.budget.max_bytes,
+                    "max_percent": policy.budget.max_percent,
+                    "on_full": policy.budget.on_full})}
 
     async def api_policies__list(self, params: dict[str, Any], progress: ProgressFn) -> Any:
-        return []
+        return [self._policy_info(n) for n in sorted(self.policy.policies)]
 
     async def api_policies__show(self, params: dict[str, Any], progress: ProgressFn) -> Any:
         name = params.get("name")
-        if name is not None:
-            raise AdminError("not_found", f"no policy named {name!r}: no policies are loaded")
-        return []
+        if name is None:
+            return {"file": None if self.policy.file is None else str(self.policy.file),
+                    "policies": [self._policy_info(n) for n in sorted(self.policy.policies)]}
+        if name not in self.policy.policies:
+            raise AdminError("not_found", f"no policy named {name!r} (policies:"
+                             f" {', '.join(sorted(self.policy.policies))})")
+        return self._policy_info(str(name))
 
     async def api_policies__reload(self, params: dict[str, Any], progress: ProgressFn) -> Any:
-        return {"reloaded": 0, "note": "no policy file is configured"}
+        path = self._policies_path(self.config)
+        async with self._changes:
+            try:
+                before = dict(self.policy.policies)
+                changed = self.policy.load(path)
+            except PolicyError as exc:
+                raise AdminError("invalid", f"{exc} (the running policies are unchanged)"
+                                 ) from exc
+            missing = sorted(f"{v} -> {c.policy}" for v, c in self.config.volumes.items()
+                             if c.policy not in (None, NO_POLICY)
+                             and c.policy not in self.policy.policies)
+            if missing:
+                self.policy.policies = before  # a volume would lose its policy: refuse
+                raise AdminError("invalid", "the new file drops policies volumes use: "
+                                 f"{', '.join(missing)} (the running policies are unchanged)")
+        log.info("policies reloaded", file=None if path is None else str(path), **changed)
+        return {"file": None if path is None else str(path), "changed": changed}
+
+    async def api_policies__run(self, params: dict[str, Any], progress: ProgressFn) -> Any:
+        """Run the scheduler now (for one volume with volume=), as its timer would."""
+        only = None
+        if params.get("volume") is not None:
+            only = self._volume(params).name
+        return await self.policy.tick(only)
+
+    async def api_volume__pin(self, params: dict[str, Any], progress: ProgressFn) -> Any:
+        return self._pin(params, True)
+
+    async def api_volume__unpin(self, params: dict[str, Any], progress: ProgressFn) -> Any:
+        return self._pin(params, False)
+
+    def _pin(self, params: dict[str, Any], pinned: bool) -> Any:
+        live = self._volume(params)
+        try:
+            marker = live.volume.set_pinned(_str(params, "name"), pinned)
+        except EngineError as exc:
+            raise AdminError("not_found", str(exc)) from exc
+        log.info("marker pinned" if pinned else "marker unpinned", volume=live.name,
+                 marker=marker.name)
+        return {"name": marker.name, "seq": marker.seq, "pinned": marker.pinned}
 
     # configuration
 
@@ -1005,6 +1092,20 @@ class Switch:
                         "maps", "markers", "secondary_used", "secondary_free", "seq"):
                 per.setdefault(key, []).append((labels, float(st[key])))
             per.setdefault("oldest_seq", []).append((labels, float(live.volume.baseline_seq)))
+            pol = st["policy"]
+            per.setdefault("writes_refused", []).append(
+                (labels, 1.0 if pol.get("writes_refused") else 0.0))
+            if "covered_s" in pol:
+                per.setdefault("covered_seconds", []).append((labels, pol["covered_s"]))
+                per.setdefault("promised_seconds", []).append((labels, pol["promised_s"]))
+                per.setdefault("coverage_level", []).append(
+                    (labels, {"ok": 0.0, "warning": 1.0, "error": 2.0}[pol["level"]]))
+                for c in pol["classes"]:
+                    cl = {"volume": name, "class": c["class"]}
+                    per.setdefault("class_covered_seconds", []).append((cl, c["covered_s"]))
+                    per.setdefault("class_promised_seconds", []).append(
+                        (cl, c["promised_s"]))
+                    per.setdefault("class_bytes", []).append((cl, float(c["bytes"])))
             per.setdefault("oldest_time", []).append(
                 (labels, live.volume.catalog.get_int("baseline_ts") / 1e9))
         spec = {
@@ -1018,6 +1119,14 @@ class Switch:
             "seq": ("counter", "newest write sequence number"),
             "oldest_seq": ("gauge", "sequence number of the oldest recoverable point"),
             "oldest_time": ("gauge", "time of the oldest recoverable point (unix seconds)"),
+            "writes_refused": ("gauge", "1 while the policy's space budget refuses writes"),
+            "covered_seconds": ("gauge", "history actually recoverable (seconds back)"),
+            "promised_seconds": ("gauge", "history the policy promises now (seconds back)"),
+            "coverage_level": ("gauge", "0 ok, 1 warning (< 85% of the promise), 2 error"
+                               " (< 75%)"),
+            "class_covered_seconds": ("gauge", "per retention class: history recoverable"),
+            "class_promised_seconds": ("gauge", "per retention class: history promised"),
+            "class_bytes": ("gauge", "per retention class: bytes of history held"),
         }
         out = [Metric(f"cdpswitch_volume_{k}" + ("_total" if kind == "counter" else ""),
                       kind, text, tuple(per.get(k, ())))
@@ -1031,6 +1140,14 @@ class Switch:
 
 
 # --- small helpers ----------------------------------------------------------------------------
+
+
+def _dur(ns: int | None) -> str | None:
+    return None if ns is None else format_duration(ns)
+
+
+def _some(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if v is not None}
 
 
 class _Obj:

@@ -796,6 +796,21 @@ class MarkersNode(Node):
     def listing(self) -> str:
         return _markers_table(self.call("volume.markers", volume=self.parent.name))
 
+    def point_volume(self, parameters: Mapping[str, str]) -> str | None:
+        return str(self.parent.name)
+
+    @params(req("name", Arg.POINT))
+    def ui_command_pin(self, **args: Any) -> None:
+        """Pins a marker: no policy merges it away or fades it out until it is unpinned."""
+        result = self.call("volume.pin", volume=self.parent.name, **args)
+        self.say(f"Pinned marker {_field(result, 'name', '?')}")
+
+    @params(req("name", Arg.POINT))
+    def ui_command_unpin(self, **args: Any) -> None:
+        """Unpins a marker: its policy may merge it away or fade it out again."""
+        result = self.call("volume.unpin", volume=self.parent.name, **args)
+        self.say(f"Unpinned marker {_field(result, 'name', '?')}")
+
 
 class MapsNode(Node):
     def summary(self) -> tuple[str, bool | None]:
@@ -1118,6 +1133,12 @@ class PoliciesNode(Node):
         result = self.call("policies.reload")
         self.session.invalidate()
         self.say(render(result, empty="Policies reloaded"))
+
+    @params(opt("volume", Arg.VOLUME))
+    def ui_command_run(self, **args: Any) -> None:
+        """Runs the policy scheduler now (for one volume with volume=), as its timer
+        does every few seconds, and prints what it did."""
+        self.say(render(self.call("policies.run", **args), empty="nothing to do"))
 
 
 # --- the shell -----------------------------------------------------------------------------

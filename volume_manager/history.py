@@ -106,7 +106,10 @@ def _check_retained(vol: Volume, seq: int, text: str) -> int:
     if seq < vol.baseline_seq:
         raise PointError(f"{text} is older than retained history (oldest point is"
                          f" seq:{vol.baseline_seq})")
-    for m in vol.maps:
+    maps = vol.maps
+    i = bisect.bisect_left(maps, seq, key=_to_seq)  # the map whose span holds seq
+    if i < len(maps):
+        m = maps[i]
         if m.from_seq < seq < m.to_seq and not m.granular:
             raise PointError(f"{text} lies in history that was merged (seq:{m.from_seq}.."
                              f"seq:{m.to_seq}); recoverable ends: seq:{m.from_seq},"
@@ -278,5 +281,17 @@ class PointInTimeView:
 
 
 def maps_between(vol: Volume, lo: int, hi: int) -> list[MapInfo]:
-    """Live maps lying wholly inside (lo, hi]."""
-    return [m for m in vol.maps if m.from_seq >= lo and m.to_seq <= hi]
+    """Live maps lying wholly inside (lo, hi]. The maps are contiguous and in sequence
+    order, so this is two binary searches (a policy's merges call it often)."""
+    maps = vol.maps
+    start = bisect.bisect_left(maps, lo, key=_from_seq)
+    end = bisect.bisect_right(maps, hi, key=_to_seq)
+    return maps[start:end] if start < end else []
+
+
+def _to_seq(m: MapInfo) -> int:
+    return m.to_seq
+
+
+def _from_seq(m: MapInfo) -> int:
+    return m.from_seq

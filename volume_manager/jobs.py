@@ -9,6 +9,7 @@ transaction, then deletion of what the catalog no longer names.
 
 from __future__ import annotations
 
+import bisect
 import os
 import threading
 from dataclasses import dataclass
@@ -192,9 +193,10 @@ def playback(vol: Volume, start: str | Point | int, end: str | Point | int, lba:
 
 def _boundary(vol: Volume, point: str | Point | int, what: str) -> int:
     seq = resolve(vol, point)
-    bounds = {vol.baseline_seq} | {m.to_seq for m in vol.maps}
-    if seq not in bounds:
-        raise PointError(f"{what} {point} (seq:{seq}) is not a marker or map boundary")
+    if seq != vol.baseline_seq:
+        i = bisect.bisect_left(vol.maps, seq, key=lambda m: m.to_seq)
+        if i == len(vol.maps) or vol.maps[i].to_seq != seq:
+            raise PointError(f"{what} {point} (seq:{seq}) is not a marker or map boundary")
     return seq
 
 
@@ -237,7 +239,8 @@ def merge(vol: Volume, start: str | Point | int, end: str | Point | int, *,
         row = MapRow(row_id, *_row_tail(row))
         from volume_manager.volume import MapInfo
 
-        i = vol.maps.index(olds[0])
+        i = bisect.bisect_left(vol.maps, olds[0].to_seq, key=lambda m: m.to_seq)
+        assert vol.maps[i] is olds[0]
         vol.maps[i: i + len(olds)] = [MapInfo(row, extents)]
         for mk in inner:
             del vol.markers[mk.name]

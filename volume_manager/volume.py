@@ -208,7 +208,7 @@ class Volume:
         fs.close(pfh)
         fs.fsync_dir(directory)
         vol = cls(directory, files=fs, options=options, catalog_hook=catalog_hook)
-        now = time.time_ns()
+        now = _now_ns()
         with vol.catalog.transaction() as db:
             for key, value in {
                 "format": FORMAT_VERSION, "uuid": uuidlib.uuid4().hex,

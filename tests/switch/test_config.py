@@ -16,7 +16,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
-from switch import yamlpos
+from policies import yamlpos
 from switch.config import (
     AclConfig,
     ChapConfig,
