@@ -171,7 +171,7 @@ def _seq_at_time(vol: Volume, ts: int) -> int:
 
 
 def read_layered(vol: Volume, changes: np.ndarray, starts: list[int], lba: int,
-                 count: int) -> bytearray:
+                 count: int) -> bytes | bytearray:
     """Blocks [lba, lba+count) of the baseline with ``changes`` (a map of every change
     since the baseline, whose data lives in the log) laid on top.
 
@@ -191,6 +191,17 @@ def read_layered(vol: Volume, changes: np.ndarray, starts: list[int], lba: int,
         if stop > start:
             pieces.append((start, stop, p_seg, p_off + (start - p_lba) * bs))
             covered += stop - start
+    # The common small read: all of it in the baseline, or all in one log record.
+    if not pieces:
+        return _pad(fs.pread(vol._baseline, count * bs, lba * bs), count * bs)
+    if covered == count and len(pieces) == 1 and pieces[0][2] != ext.ZERO_SEG:
+        _, _, p_seg, p_off = pieces[0]
+        data = fs.pread(vol.segment_fh(p_seg), count * bs, p_off)
+        if len(data) != count * bs:
+            raise CorruptLogError(f"log segment {p_seg} is shorter than its map says"
+                                  f" (offset {p_off}, {count * bs} bytes)", segment=p_seg,
+                                  offset=p_off)
+        return data
     buf = bytearray(count * bs)  # zeros: a read past the end of a sparse file stays so
     view = memoryview(buf)
     if covered < count:
