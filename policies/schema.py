@@ -48,7 +48,6 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping, Sequence
-from fractions import Fraction
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
@@ -69,8 +68,11 @@ from policies.yamlcheck import (
     Issue,
     Loc,
     YamlError,
+    check_name,
+    is_name,
     load_document,
     message,
+    parse_size,
     read_text,
     shape_issues,
 )
@@ -89,13 +91,13 @@ __all__ = [
     "RetentionClass",
     "Snapshots",
     "diff_policies",
+    "diff_policy_maps",
     "dump_policy",
     "format_duration",
     "format_size",
     "load_policies",
     "parse_duration",
     "parse_policies",
-    "parse_size",
     "policy_problems",
     "summary",
 ]
@@ -166,30 +168,12 @@ def _granularity(value: object) -> int:
         raise ValueError(f"{exc} (or '{EVERY_WRITE_TEXT}')") from None
 
 
-_SIZE = re.compile(r"(?P<num>[0-9]+(?:\.[0-9]+)?) ?(?:(?P<unit>[kmgt])(?:ib|b)?|b)?", re.I)
-_SIZE_UNITS = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-
-
-def parse_size(value: object) -> int:
-    """Bytes in an int or a string such as ``64MiB``, ``10G``, ``1.5T`` (binary units)."""
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise ValueError("a size is a number of bytes or a string such as '10GiB'")
-    if isinstance(value, int):
-        if value <= 0:
-            raise ValueError(f"size {value} is not positive")
-        return value
-    text = value.strip()
-    if text.startswith("-"):
-        raise ValueError(f"size {value!r} is negative")
-    m = _SIZE.fullmatch(text)
-    if m is None:
-        raise ValueError(f"size {value!r} is not understood: use bytes or a number with a"
-                         " unit K, M, G or T (binary, e.g. 512MiB or 10G)")
-    unit = m.group("unit")
-    total = Fraction(m.group("num")) * (_SIZE_UNITS[unit.lower()] if unit else 1)
-    if total.denominator != 1 or total <= 0:
-        raise ValueError(f"size {value!r} is not a positive whole number of bytes")
-    return int(total)
+def _positive_size(value: object) -> int:
+    """A budget size: a size (policies.yamlcheck.parse_size) above zero."""
+    size = parse_size(value, example="512MiB or 10G")
+    if size <= 0:
+        raise ValueError(f"size {value!r} is not positive")
+    return size
 
 
 def format_size(n: int) -> str:
@@ -234,22 +218,14 @@ def _format_time_of_day(ns: int) -> str:
     return f"{minutes // 60:02d}:{minutes % 60:02d}"
 
 
-_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
-
-
-def _check_name(name: str) -> str:
-    if not _NAME.fullmatch(name):
-        raise ValueError(f"bad name {name!r}: use 1-64 letters, digits, '_', '.', '-',"
-                         " not starting with '.' or '-'")
-    return name
 
 
 Duration = Annotated[int, BeforeValidator(parse_duration)]
 Granularity = Annotated[int, BeforeValidator(_granularity)]
-Size = Annotated[int, BeforeValidator(parse_size)]
+Size = Annotated[int, BeforeValidator(_positive_size)]
 Percent = Annotated[float, BeforeValidator(_percent)]
 TimeOfDay = Annotated[int, BeforeValidator(_time_of_day)]
-Name = Annotated[str, AfterValidator(_check_name)]
+Name = Annotated[str, AfterValidator(check_name)]
 Count = Annotated[int, Field(strict=True, ge=1)]
 
 
@@ -477,7 +453,7 @@ def parse_policies(text: str, filename: str) -> PolicyFile:
         if not isinstance(raw, dict):
             raise PolicyError(issues) from None
         version = 1
-        items = {k: v for k, v in raw.items() if isinstance(k, str) and _NAME.fullmatch(k)}
+        items = {k: v for k, v in raw.items() if isinstance(k, str) and is_name(k)}
     else:
         version, items = shape.version, shape.policies
     policies: dict[str, Policy] = {}
@@ -596,9 +572,14 @@ def summary(policy: Policy) -> str:
 def diff_policies(old: PolicyFile | None, new: PolicyFile) -> dict[str, str]:
     """What a reload changes: ``{name: "added" | "changed" | "removed"}``. A volume whose
     policy changed should get one ``decide(..., full=True)`` pass."""
-    before = {} if old is None else old.policies
-    out = {n: "removed" for n in before if n not in new.policies}
-    for name, policy in new.policies.items():
+    return diff_policy_maps({} if old is None else old.policies, new.policies)
+
+
+def diff_policy_maps(before: Mapping[str, Policy], after: Mapping[str, Policy]
+                     ) -> dict[str, str]:
+    """:func:`diff_policies` over plain name -> policy mappings."""
+    out = {n: "removed" for n in before if n not in after}
+    for name, policy in after.items():
         if name not in before:
             out[name] = "added"
         elif before[name] != policy:

@@ -1,5 +1,6 @@
-"""Problems found in a YAML file validated by pydantic, located by line: what the policy
-file (policies/schema.py) and the switch's configuration (switch/config.py) both report.
+"""Problems found in a YAML file validated by pydantic, located by line, and the value
+syntax (sizes, names) that the policy file (policies/schema.py) and the switch's
+configuration (switch/config.py) share.
 
 ``shape_issues`` turns a pydantic ``ValidationError`` into :class:`Issue` objects whose
 line comes from the :mod:`policies.yamlpos` document and whose message is a sentence that
@@ -9,10 +10,12 @@ never shows the offending value (it may be a secret), only its YAML type.
 from __future__ import annotations
 
 import os
+import re
 import types
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ValidationError
@@ -20,8 +23,8 @@ from pydantic_core import ErrorDetails
 
 from policies import yamlpos
 
-__all__ = ["Issue", "Loc", "YamlError", "keys_at", "load_document", "message", "read_text",
-           "shape_issues"]
+__all__ = ["Issue", "Loc", "YamlError", "check_name", "is_name", "keys_at", "load_document",
+           "message", "parse_size", "read_text", "shape_issues"]
 
 Loc = tuple[str | int, ...]
 
@@ -163,3 +166,48 @@ def load_document(text: str, filename: str, error: type[YamlError]
         raise error([Issue(filename, exc.line, "", f"invalid YAML: {exc.message}")]) from None
     return doc, [Issue(filename, p.line, doc.where.describe(p.path), p.message)
                  for p in doc.problems]
+
+
+_SIZE = re.compile(r"(?P<num>[0-9]+(?:\.[0-9]+)?) ?(?:(?P<unit>[kmgt])(?:ib|b)?|b)?", re.I)
+_UNITS = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(value: object, *, example: str = "64MiB or 1G") -> int:
+    """Bytes in ``value``: an int, or a string such as ``512``, ``64MiB``, ``1G``, ``1.5T``.
+
+    Units K, M, G and T are binary whatever the spelling (``1G == 1GiB == 1GB == 2**30``).
+    ``example`` shows the caller's typical sizes in the message for text not understood.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError("a size is a number of bytes or a string such as '64MiB'")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"size {value} is negative")
+        return value
+    text = value.strip()
+    if text.startswith("-"):
+        raise ValueError(f"size {value!r} is negative")
+    m = _SIZE.fullmatch(text)
+    if m is None:
+        raise ValueError(f"size {value!r} is not understood: use bytes or a number with a"
+                         f" unit K, M, G or T (binary, e.g. {example})")
+    unit = m.group("unit")
+    total = Fraction(m.group("num")) * (_UNITS[unit.lower()] if unit else 1)
+    if total.denominator != 1:
+        raise ValueError(f"size {value!r} is not a whole number of bytes")
+    return int(total)
+
+
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+
+
+def is_name(text: str) -> bool:
+    return _NAME.fullmatch(text) is not None
+
+
+def check_name(name: str) -> str:
+    """A name of something in a file (a volume, an image, a policy, a class)."""
+    if not is_name(name):
+        raise ValueError(f"bad name {name!r}: use 1-64 letters, digits, '_', '.', '-',"
+                         " not starting with '.' or '-'")
+    return name

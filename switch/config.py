@@ -33,7 +33,6 @@ import re
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import Annotated, Any, Literal, Self
 
 import yaml
@@ -51,7 +50,16 @@ from pydantic import (
 from pydantic_core import PydanticSerializationError
 
 from policies import yamlpos
-from policies.yamlcheck import Issue, Loc, YamlError, load_document, read_text, shape_issues
+from policies.yamlcheck import (
+    Issue,
+    Loc,
+    YamlError,
+    check_name,
+    load_document,
+    parse_size,
+    read_text,
+    shape_issues,
+)
 from volume_manager.errors import PointError
 from volume_manager.points import parse_point
 
@@ -98,54 +106,14 @@ class ConfigError(YamlError):
     """The configuration is invalid; ``issues`` holds every problem found, sorted by line."""
 
 
-# --- sizes ------------------------------------------------------------------------------
-
-_SIZE = re.compile(r"(?P<num>[0-9]+(?:\.[0-9]+)?) ?(?:(?P<unit>[kmgt])(?:ib|b)?|b)?", re.I)
-_UNITS = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-
-
-def parse_size(value: int | str) -> int:
-    """Bytes in ``value``: an int, or a string such as ``512``, ``64MiB``, ``1G``, ``1.5T``.
-
-    Units K, M, G and T are binary whatever the spelling (``1G == 1GiB == 1GB == 2**30``).
-    """
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise ValueError("a size is a number of bytes or a string such as '64MiB'")
-    if isinstance(value, int):
-        if value < 0:
-            raise ValueError(f"size {value} is negative")
-        return value
-    text = value.strip()
-    if text.startswith("-"):
-        raise ValueError(f"size {value!r} is negative")
-    m = _SIZE.fullmatch(text)
-    if m is None:
-        raise ValueError(
-            f"size {value!r} is not understood: use bytes or a number with a unit"
-            " K, M, G or T (binary, e.g. 64MiB or 1G)")
-    unit = m.group("unit")
-    total = Fraction(m.group("num")) * (_UNITS[unit.lower()] if unit else 1)
-    if total.denominator != 1:
-        raise ValueError(f"size {value!r} is not a whole number of bytes")
-    return int(total)
-
-
 # --- field types ------------------------------------------------------------------------
 
-_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 _LABEL = r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?"
 _IQN = re.compile(rf"iqn\.[0-9]{{4}}-(?:0[1-9]|1[0-2])\.{_LABEL}(?:\.{_LABEL})*(?::[a-z0-9.:-]+)?")
 _EUI = re.compile(r"eui\.[0-9a-fA-F]{16}")
 _NAA = re.compile(r"naa\.(?:[0-9a-fA-F]{16}|[0-9a-fA-F]{32})")
 _NAME_FORMS = ("iqn.YYYY-MM.reversed.domain[:name], eui. and 16 hex digits,"
                " or naa. and 16 or 32 hex digits")
-
-
-def _check_name(name: str) -> str:
-    if not _NAME.fullmatch(name):
-        raise ValueError(f"bad name {name!r}: use 1-64 letters, digits, '_', '.', '-',"
-                         " not starting with '.' or '-'")
-    return name
 
 
 def _check_iscsi_name(name: str) -> str:
@@ -257,7 +225,7 @@ def _nonempty(text: str) -> str:
     return text
 
 
-Name = Annotated[str, AfterValidator(_check_name)]
+Name = Annotated[str, AfterValidator(check_name)]
 IscsiName = Annotated[str, AfterValidator(_check_iscsi_name)]
 Portal = Annotated[str, AfterValidator(_check_portal)]
 UserId = Annotated[str, AfterValidator(_check_userid)]

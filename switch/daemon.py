@@ -489,9 +489,8 @@ class Switch:
     def _volume_status(self, live: LiveVolume) -> dict[str, Any]:
         vol = live.volume
         secondary = Path(vol.directory)
-        used = _du(secondary)
+        used, log_bytes = _du(secondary, Path(vol.log_dir))
         st = os.statvfs(secondary)
-        log_bytes = _du(Path(vol.log_dir))
         markers = sorted(vol.markers.values(), key=lambda m: m.seq)
         iqns = {iqn.lower() for iqn, _, _ in self._exported(volume=live.name)}
         return {
@@ -1222,13 +1221,18 @@ def _iso(ts_ns: int) -> str:
         f".{ts_ns // 1_000_000 % 1000:03d}"
 
 
-def _du(path: Path) -> int:
-    total = 0
+def _du(path: Path, part: Path) -> tuple[int, int]:
+    """Bytes allocated under ``path``, and under its subdirectory ``part``: one walk."""
+    total = inside = 0
+    prefix = os.path.join(os.path.normpath(part), "")
     for root, _dirs, files in os.walk(path):
+        in_part = os.path.join(os.path.normpath(root), "").startswith(prefix)
         for f in files:
             with contextlib.suppress(OSError):
-                total += os.stat(os.path.join(root, f)).st_blocks * 512
-    return total
+                n = os.stat(os.path.join(root, f)).st_blocks * 512
+                total += n
+                inside += n if in_part else 0
+    return total, inside
 
 
 # --- the process ------------------------------------------------------------------------------

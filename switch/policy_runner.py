@@ -48,7 +48,13 @@ from policies.decide import (
     decide,
     timeline_view,
 )
-from policies.schema import DEFAULT_POLICY, DEFAULT_POLICY_NAME, Policy, load_policies
+from policies.schema import (
+    DEFAULT_POLICY,
+    DEFAULT_POLICY_NAME,
+    Policy,
+    diff_policy_maps,
+    load_policies,
+)
 from volume_manager import Volume
 from volume_manager import jobs as engine_jobs
 from volume_manager.errors import EngineError
@@ -126,13 +132,7 @@ class PolicyRunner:
         policies: dict[str, Policy] = {DEFAULT_POLICY_NAME: DEFAULT_POLICY}
         if path is not None:
             policies.update(load_policies(path).policies)
-        changed = {n: "removed" for n in self.policies if n not in policies}
-        for name, policy in policies.items():
-            old = self.policies.get(name)
-            if old is None:
-                changed[name] = "added"
-            elif old != policy:
-                changed[name] = "changed"
+        changed = diff_policy_maps(self.policies, policies)
         self.policies, self.file = policies, path
         for state in self.states.values():
             if state.policy in changed:

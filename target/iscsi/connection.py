@@ -293,7 +293,7 @@ class Connection:
         read_limit = min(params.initiator_max_recv_dsl, params.max_burst_length)
         write_limit = (min(params.target_max_recv_dsl, params.first_burst_length)
                        if params.immediate_data else -1)  # fmt: skip
-        nexus, out = self.nexus, self._out
+        nexus = self.nexus
         while end - pos >= BHS_LEN:
             b0, flags, word, lun_field, itt, edtl, cmdsn = _LANE_BHS.unpack_from(view, pos)
             if b0 != Opcode.SCSI_COMMAND or word > MAX_DSL:  # immediate, other PDU, or AHS
@@ -323,15 +323,10 @@ class Connection:
             if (response.status == _GOOD and response.sense is None
                     and not response.residual_underflow and not response.residual_overflow):
                 if data_out is not None:
-                    out.extend(frame(_GOOD_RESPONSE.pack(
-                        Opcode.SCSI_RESPONSE, _FINAL, itt, self._next_statsn(),
-                        window.exp_cmdsn, self._max(), 0), b"", False, False))  # fmt: skip
+                    self._send_good_status(itt, 0)
                     continue
                 if len(response.data_in) == edtl and edtl:
-                    out.extend(frame(_DATA_IN_WITH_STATUS.pack(
-                        Opcode.SCSI_DATA_IN, _DATA_IN_FINAL_STATUS, edtl, lun_field, itt,
-                        NO_TAG, self._next_statsn(), window.exp_cmdsn, self._max()),
-                        response.data_in, False, False))  # fmt: skip
+                    self._send_read_data(lun_field, itt, response.data_in, edtl)
                     continue
             # Anything else (an error, a short read) is answered by the general code.
             task = Task(itt, cmdsn, lun_field, lun, lu, cdb, data_out is None,
@@ -369,14 +364,14 @@ class Connection:
         if (response.status == _GOOD and response.sense is None
                 and not response.residual_overflow and not response.residual_underflow):
             if not task.read:
-                self._send_good_status(task)
+                self._send_good_status(task.itt, task.r2t_count)
                 return
             size = len(response.data_in)
             params = self.params
             if not task.write and 0 < size == task.edtl \
                     and size <= params.initiator_max_recv_dsl \
                     and size <= params.max_burst_length:
-                self._send_read_data(task, response.data_in, size)
+                self._send_read_data(task.lun_field, task.itt, response.data_in, size)
                 return
         data = memoryview(response.data_in if task.read else b"").cast("B")
         limit = task.bidi_read_length if task.write and task.bidi_read_length else task.edtl
@@ -404,20 +399,21 @@ class Connection:
             **self._seq(),
         ))  # fmt: skip
 
-    def _send_read_data(self, task: Task, data: bytes | bytearray | memoryview, size: int) -> None:
+    def _send_read_data(self, lun_field: int, itt: int, data: bytes | bytearray | memoryview,
+                        size: int) -> None:
         """The common read: all data in one Data-In PDU carrying GOOD status (11.7.1),
-        packed directly; ``complete`` checked it fits one PDU and one burst."""
+        packed directly; the caller checked it fits one PDU and one burst."""
         header = _DATA_IN_WITH_STATUS.pack(
-            Opcode.SCSI_DATA_IN, _DATA_IN_FINAL_STATUS, size, task.lun_field, task.itt,
+            Opcode.SCSI_DATA_IN, _DATA_IN_FINAL_STATUS, size, lun_field, itt,
             NO_TAG, self._next_statsn(), self.window.exp_cmdsn, self._max())  # fmt: skip
         self._out.extend(frame(header, data, *self._digests))
 
-    def _send_good_status(self, task: Task) -> None:
+    def _send_good_status(self, itt: int, r2t_count: int) -> None:
         """GOOD status with nothing to return (writes, most non-data commands), packed
         directly: no sense, no residual; ExpDataSN counts the task's R2Ts (11.4.8)."""
-        header = _GOOD_RESPONSE.pack(Opcode.SCSI_RESPONSE, _FINAL, task.itt,
+        header = _GOOD_RESPONSE.pack(Opcode.SCSI_RESPONSE, _FINAL, itt,
                                      self._next_statsn(), self.window.exp_cmdsn, self._max(),
-                                     task.r2t_count)  # fmt: skip
+                                     r2t_count)  # fmt: skip
         self._out.extend(frame(header, b"", *self._digests))
 
     def tick(self, now: float) -> list[Event]:
