@@ -25,7 +25,8 @@ __all__ = ["CHUNK_BLOCKS", "PendingMap", "Piece"]
 
 CHUNK_SHIFT = 7
 CHUNK_BLOCKS = 1 << CHUNK_SHIFT
-_W = 5  # fields per record in the flat array
+_W = 6  # fields per record in the flat array
+_LINK = 5  # the field holding the previous record wholly inside the same chunk
 
 
 @dataclass(slots=True)
@@ -40,16 +41,19 @@ class Piece:
 # Why flat arrays and not one object per record: an insert is on every host
 # write, and allocating objects there costs both the allocation and the cyclic
 # garbage collector's repeated walks over tens of thousands of live records.
-# Records live in one array of ints; a chunk maps to a bare record number while
-# one record touches it (the common case) and to an array of numbers after that.
+# Records live in one array of ints. A record that lies inside one chunk (nearly
+# every small write) costs one extend and one dict store: the chunk maps to its
+# newest such record, and each record links to the one before it in its chunk.
+# Only records crossing a chunk edge are listed per chunk, in ``_wide``.
 
 
 class PendingMap:
     def __init__(self, block_size: int) -> None:
         self._bs = block_size
-        self._rec = array("q")  # (lba, count, seq, fh, off) per record, seq order
+        self._rec = array("q")  # (lba, count, seq, fh, off, link) per record, seq order
         self._base = 0          # record number of _rec's first record
-        self._chunks: dict[int, int | array[int]] = {}
+        self._newest: dict[int, int] = {}
+        self._wide: dict[int, array[int]] = {}
         self.bytes = 0
 
     def __len__(self) -> int:
@@ -59,45 +63,53 @@ class PendingMap:
         """Add a record; ``seq`` must be larger than every seq already held."""
         rec = self._rec
         i = self._base + len(rec) // _W
-        rec.extend((lba, count, seq, fh, off))
         self.bytes += count * self._bs
-        chunks = self._chunks
         first = lba >> CHUNK_SHIFT
         last = (lba + count - 1) >> CHUNK_SHIFT
-        if first == last and first not in chunks:  # most writes
-            chunks[first] = i
+        if first == last:  # most writes
+            newest = self._newest
+            rec.extend((lba, count, seq, fh, off, newest.get(first, -1)))
+            newest[first] = i
             return
+        rec.extend((lba, count, seq, fh, off, -1))
+        wide = self._wide
         for c in range(first, last + 1):
-            cur = chunks.get(c)
+            cur = wide.get(c)
             if cur is None:
-                chunks[c] = i
-            elif isinstance(cur, int):
-                chunks[c] = array("q", (cur, i))
+                wide[c] = array("q", (i,))
             else:
                 cur.append(i)
 
-    def _piece(self, i: int) -> Piece:
-        k = (i - self._base) * _W
-        return Piece(*self._rec[k: k + _W])
+    def _candidates(self, lba: int, count: int) -> list[int]:
+        """Numbers of the records in the chunks [lba, lba+count) touches."""
+        rec, base = self._rec, self._base
+        newest, wide = self._newest, self._wide
+        first, last = lba >> CHUNK_SHIFT, (lba + count - 1) >> CHUNK_SHIFT
+        found: list[int] = []
+        for c in range(first, last + 1) if first != last else (first,):
+            i = newest.get(c, -1)
+            while i >= base:
+                found.append(i)
+                i = rec[(i - base) * _W + _LINK]
+            more = wide.get(c)
+            if more is not None:
+                found.extend(more)
+        return found
 
     def _touching(self, lba: int, count: int) -> list[Piece]:
         """Records overlapping [lba, lba+count), oldest first."""
-        chunks = self._chunks
-        first, last = lba >> CHUNK_SHIFT, (lba + count - 1) >> CHUNK_SHIFT
-        found: set[int] = set()
-        for c in range(first, last + 1) if first != last else (first,):
-            cur = chunks.get(c)
-            if cur is None:
-                continue
-            if isinstance(cur, int):
-                found.add(cur)
-            else:
-                found.update(cur)
+        found = self._candidates(lba, count)
         if not found:
             return []
+        rec, base = self._rec, self._base
         end = lba + count
-        pieces = (self._piece(i) for i in sorted(found))
-        return [p for p in pieces if p.lba < end and p.lba + p.count > lba]
+        out = []
+        for i in sorted(set(found)):
+            k = (i - base) * _W
+            p_lba = rec[k]
+            if p_lba < end and p_lba + rec[k + 1] > lba:
+                out.append(Piece(*rec[k: k + _LINK]))
+        return out
 
     def overlay(self, lba: int, count: int, buf: bytearray,
                 pread: Callable[[int, int, int], bytes]) -> None:
@@ -117,9 +129,21 @@ class PendingMap:
                 buf[a: a + n] = pread(p.fh, n, p.off + (start - p.lba) * bs)
 
     def overlaps(self, lba: int, count: int) -> bool:
+        """Whether any record overlaps [lba, lba+count): on every live read, so
+        the chunks that hold nothing answer first."""
         if not self._rec:
             return False
-        return bool(self._touching(lba, count))
+        first, last = lba >> CHUNK_SHIFT, (lba + count - 1) >> CHUNK_SHIFT
+        newest, wide = self._newest, self._wide
+        if first == last and first not in newest and first not in wide:
+            return False
+        rec, base = self._rec, self._base
+        end = lba + count
+        for i in self._candidates(lba, count):
+            k = (i - base) * _W
+            if rec[k] < end and rec[k] + rec[k + 1] > lba:
+                return True
+        return False
 
     def take_upto(self, seq: int) -> list[Piece]:
         """Remove and return, in sequence order, every record of seq <= ``seq``."""
@@ -135,12 +159,13 @@ class PendingMap:
                 hi = mid
         if lo == 0:
             return []
-        taken = [Piece(*rec[k: k + _W]) for k in range(0, lo * _W, _W)]
+        taken = [Piece(*rec[k: k + _LINK]) for k in range(0, lo * _W, _W)]
         rest = rec[lo * _W:]
         self._rec = array("q")
         self._base += n
-        self._chunks = {}
+        self._newest = {}
+        self._wide = {}
         self.bytes = 0
         for k in range(0, len(rest), _W):
-            self.insert(*rest[k: k + _W])
+            self.insert(*rest[k: k + _LINK])
         return taken

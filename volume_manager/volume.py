@@ -142,6 +142,8 @@ class Volume:
     _seg_end: int                  # where the next record goes in it
     _tail_start: tuple[int, int]   # (segment, offset) of the first record after the newest map
     _wb_pos: int = 0               # log bytes of the active segment already sent to writeback
+    _wb_asked: bool = False        # the committer is asked to start writeback past _wb_pos
+    _committer: threading.Thread | None = None  # the group-commit thread, if any
 
     # ------------------------------------------------------------------ setup
     def __init__(self, directory: str, *, files: FileLayer | None = None,
@@ -261,7 +263,7 @@ class Volume:
         self.markers: dict[str, MarkerRow] = {m.name: m for m in cat.markers()}
         self.maps: list[MapInfo] = [MapInfo(r) for r in cat.maps()]
         recovery.recover(self)
-        self._committer: threading.Thread | None = None
+        self._committer = None
         if self.options.commit_interval is not None:
             self._committer = threading.Thread(target=self._commit_loop, daemon=True,
                                                name=f"commit:{os.path.basename(self.directory)}")
@@ -384,11 +386,15 @@ class Volume:
                     ) from exc
                 raise
             end = self._seg_end = off + size
-            if end - self._wb_pos >= _WRITEBACK_BYTES:
-                # Another MiB of log written: let the disk start on it now, so
-                # the next group commit's fdatasync has less left to wait for.
-                self.files.start_writeback(seg.fh, self._wb_pos, end - self._wb_pos)
-                self._wb_pos = end
+            if end - self._wb_pos >= _WRITEBACK_BYTES and not self._wb_asked and \
+                    self._committer is not None:
+                # Another MiB of log written: the committer lets the disk start on
+                # it now, so the next group commit's fdatasync has less left to
+                # wait for. Not here: starting writeback costs CPU and can block
+                # on a full device queue, and this is the event loop's thread.
+                self._wb_asked = True
+                with self._commit_wake:
+                    self._commit_wake.notify()
             self._seq = seq
             # The active segment is always synced by a commit; _unsynced only
             # names sealed segments (added when they roll).
@@ -521,14 +527,39 @@ class Volume:
             Catalog.put(db, "checkpoint_off", pos[1])
             Catalog.set_segments(db, segs)
 
+    def _early_writeback(self) -> None:
+        """Start writeback of the active segment's log bytes written since the last
+        call (asked for by _append every _WRITEBACK_BYTES)."""
+        with self._lock:
+            self._wb_asked = False
+            if self._closed:
+                return
+            fh, start, end = self._active.fh, self._wb_pos, self._seg_end
+            if end <= start:
+                return
+            self._wb_pos = end
+        # A segment closed meanwhile (volume closing) only makes this fail: harmless.
+        with contextlib.suppress(OSError):
+            self.files.start_writeback(fh, start, end - start)
+
     def _commit_loop(self) -> None:
         interval = self.options.commit_interval
+        assert interval is not None
+        last = time.monotonic()
         while True:
             with self._commit_wake:
-                self._commit_wake.wait(interval)
+                self._commit_wake.wait(max(0.0, last + interval - time.monotonic()))
             if self._closed:
                 return
             try:
+                if self._wb_asked:
+                    self._early_writeback()
+                # Woken only for writeback: the commit waits for its interval or the
+                # overlay's soft limit.
+                now = time.monotonic()
+                if now - last < interval and self._pending.bytes <= self._soft_limit:
+                    continue
+                last = now
                 if self._seq > self._durable_seq or self._need_checkpoint:
                     self._commit(sync_primary=False)
             except VolumeClosedError:

@@ -6,8 +6,10 @@ nothing is faked.
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
+import time
 from pathlib import Path
 
 from volume_manager import Volume, VolumeOptions
@@ -82,3 +84,45 @@ def test_flush_with_nothing_new_does_not_sync(tmp_path: Path) -> None:
     vol.flush()
     assert files.syncs == before
     vol.close()
+
+
+class WritebackFiles(OsFiles):
+    """The real file layer, noting which thread starts writeback of which range."""
+
+    def __init__(self) -> None:
+        self.writebacks: list[tuple[str, int, int]] = []
+        self.syncs = 0
+
+    def start_writeback(self, fh: int, offset: int, length: int) -> None:
+        self.writebacks.append((threading.current_thread().name, offset, length))
+        super().start_writeback(fh, offset, length)
+
+    def fdatasync(self, fh: int) -> None:  # type: ignore[override]
+        self.syncs += 1
+        os.fdatasync(fh)
+
+
+def test_early_writeback_runs_in_the_committer_not_the_writer(tmp_path: Path) -> None:
+    """Writing 4 MiB of log asks the committer to start writeback of each MiB as it
+    fills (the writer's thread is the event loop's and must not block on the device
+    queue), and that alone commits nothing before the commit interval."""
+    files = WritebackFiles()
+    vol = Volume.create(str(tmp_path / "sec"), str(tmp_path / "p.img"), size=1 << 24,
+                        files=files, options=VolumeOptions(commit_interval=30.0))
+    try:
+        files.syncs = 0
+        for i in range(1024):
+            vol.write(i * 8, bytes([i % 251 + 1]) * 4096)
+        deadline = time.monotonic() + 10
+        while sum(n for _, _, n in files.writebacks) < 3 << 20 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        threads = {name for name, _, _ in files.writebacks}
+        assert threads and all(name.startswith("commit:") for name in threads), threads
+        # The ranges follow each other: no byte twice, none skipped.
+        offsets = [(off, n) for _, off, n in files.writebacks]
+        for (a, n), (b, _) in itertools.pairwise(offsets):
+            assert b == a + n
+        assert files.syncs == 0, "writeback alone must not commit before the interval"
+        assert vol.read(0, 8) == bytes([1]) * 4096
+    finally:
+        vol.close()
