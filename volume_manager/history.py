@@ -172,12 +172,13 @@ def _seq_at_time(vol: Volume, ts: int) -> int:
 
 
 def read_layered(vol: Volume, changes: np.ndarray, starts: list[int], lba: int,
-                 count: int) -> bytes | bytearray:
+                 count: int, hole: bool = False) -> bytes | bytearray:
     """Blocks [lba, lba+count) of the baseline with ``changes`` (a map of every change
     since the baseline, whose data lives in the log) laid on top.
 
     ``starts`` is ``changes["lba"].tolist()``: a plain list bisects faster than a
     strided numpy field, and the slice's rows come out as tuples in one call.
+    ``hole``: the caller knows these blocks are a hole in the baseline (zeros).
     """
     bs = vol.block_size
     fs = vol.files
@@ -194,6 +195,8 @@ def read_layered(vol: Volume, changes: np.ndarray, starts: list[int], lba: int,
             covered += stop - start
     # The common small read: all of it in the baseline, or all in one log record.
     if not pieces:
+        if hole:
+            return bytes(count * bs)
         return _pad(fs.pread(vol._baseline, count * bs, lba * bs), count * bs)
     if covered == count and len(pieces) == 1 and pieces[0][2] != ext.ZERO_SEG:
         _, _, p_seg, p_off = pieces[0]
@@ -205,7 +208,7 @@ def read_layered(vol: Volume, changes: np.ndarray, starts: list[int], lba: int,
         return data
     buf = bytearray(count * bs)  # zeros: a read past the end of a sparse file stays so
     view = memoryview(buf)
-    if covered < count:
+    if covered < count and not hole:
         fs.readinto(vol._baseline, view, lba * bs)
     for start, stop, p_seg, p_off in pieces:
         a = (start - lba) * bs
@@ -234,13 +237,27 @@ class _Lookup(NamedTuple):
     ends: array[int]
     segs: array[int]
     offs: array[int]
+    # Where the baseline file holds data (byte offsets): a read of blocks that are
+    # holes there needs no system call, and a thin volume's baseline is mostly holes.
+    data_starts: list[int]
+    data_ends: list[int]
+
+    def baseline_hole(self, a: int, b: int) -> bool:
+        """Whether bytes [a, b) of the baseline are all hole (they read as zeros)."""
+        starts = self.data_starts
+        i = bisect.bisect_right(starts, a) - 1
+        if i >= 0 and self.data_ends[i] > a:
+            return False
+        return i + 1 == len(starts) or starts[i + 1] >= b
 
 
-def _lookup(m: np.ndarray) -> _Lookup:
+def _lookup(vol: Volume, m: np.ndarray) -> _Lookup:
     lba = m["lba"].astype(np.int64)
+    data = vol.files.data_extents(vol._baseline)
     return _Lookup(m, lba.tolist(), array("q", (lba + m["count"]).tobytes()),
                    array("q", m["seg"].astype(np.int64).tobytes()),
-                   array("q", m["off"].astype(np.int64).tobytes()))
+                   array("q", m["off"].astype(np.int64).tobytes()),
+                   [a for a, _ in data], [a + n for a, n in data])
 
 
 class PointInTimeView:
@@ -266,7 +283,7 @@ class PointInTimeView:
         A fade-out calls this with the changes after its point, since it
         rewrites the baseline and deletes the log segments older than it.
         """
-        self._lookup = _lookup(m)
+        self._lookup = _lookup(self._vol, m)
 
     @property
     def block_size(self) -> int:
@@ -295,6 +312,8 @@ class PointInTimeView:
             bs = self._bs
             size = count * bs
             if i < 0 or look.ends[i] <= lba:
+                if look.baseline_hole(lba * bs, end * bs):
+                    return bytes(size)
                 return _pad(vol.files.pread(vol._baseline, size, lba * bs), size)
             seg = look.segs[i]
             if look.ends[i] >= end and seg != ext.ZERO_SEG:
@@ -305,7 +324,8 @@ class PointInTimeView:
                                           f" (offset {off}, {size} bytes)", segment=seg,
                                           offset=off)
                 return data
-        return read_layered(vol, look.map, starts, lba, count)
+        return read_layered(vol, look.map, starts, lba, count,
+                            look.baseline_hole(lba * self._bs, end * self._bs))
 
     def changed_extents(self) -> np.ndarray:
         """Blocks that differ from the baseline, with where their data lives."""

@@ -896,3 +896,39 @@ def test_refused_writes_fail_cleanly_and_rewind_still_works(vol) -> None:  # typ
     assert vol.read(0, 1) == b"\4" * BS
     sizes = vol.segment_sizes()
     assert sizes and sizes[-1][2] > 0 and sizes[0][1] <= 1
+
+
+def test_view_reads_across_baseline_holes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A thin primary's baseline keeps its holes; a view answers reads of hole blocks
+    without reading them, and must still read the data around them and the log on top,
+    before and after a fade-out fills some of the holes."""
+    k = 1 << 10
+    primary = tmp_path / "p.img"
+    with open(primary, "wb") as f:
+        f.truncate(1 << 20)
+        for off in (0, 64 * k, 900 * k):  # data islands, holes between them
+            f.seek(off)
+            f.write(os.urandom(8 * k))
+    vol = Volume.create(str(tmp_path / "sec"), str(primary),
+                        options=VolumeOptions(commit_interval=None))
+    try:
+        image = bytearray(primary.read_bytes())
+        for lba, n in ((10, 4), (120, 16), (1000, 8)):  # on an island, at an edge, in a hole
+            data = os.urandom(n * 512)
+            vol.write(lba, data)
+            image[lba * 512:(lba + n) * 512] = data
+        vol.mark("a")
+        want_a = bytes(image)
+        vol.write(1500, bytes([7]) * 4096)  # inside a hole: "b"
+        vol.mark("b")
+        image[1500 * 512:1500 * 512 + 4096] = bytes([7]) * 4096
+        with vol.view("a") as va, vol.view("b") as vb:
+            for v, want in ((va, want_a), (vb, bytes(image))):
+                for lba, n in [(b, 1) for b in range(0, 2048, 7)] + \
+                        [(0, 2048), (8, 200), (100, 40), (1790, 30), (1495, 12)]:
+                    assert v.read(lba, n) == want[lba * 512:(lba + n) * 512], (lba, n)
+            vol.fade("a")  # a's writes move into the baseline, filling holes
+            for lba, n in [(b, 1) for b in range(0, 2048, 3)] + [(0, 2048), (990, 30)]:
+                assert vb.read(lba, n) == bytes(image)[lba * 512:(lba + n) * 512], (lba, n)
+    finally:
+        vol.close()
