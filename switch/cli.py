@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
 
@@ -105,6 +106,21 @@ def _serve(data_dir: Path, config: Path | None) -> int:
     return daemon.run(data_dir, config)
 
 
+def _quiet_on_broken_pipe(run: Callable[[], int]) -> int:
+    """Run a command whose output may go to a pipe closed early (``| head``): end quietly
+    with the status a tool killed by SIGPIPE has, as other command-line tools do."""
+    try:
+        code = run()
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        # Python flushes stdout again at exit: point it at /dev/null so that is quiet too.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 128 + signal.SIGPIPE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "version":
@@ -120,9 +136,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from switch import shell  # lazy: configshell sets up readline and SIGINT on import
 
         data_dir = args.data_dir if args.data_dir is not None else default_data_dir()
-        return shell.main(args.words, data_dir)
+        return _quiet_on_broken_pipe(lambda: shell.main(args.words, data_dir))
     if args.command == "policy":
-        return _policy_check(args.file)  # "check" is the only policy command
+        # "check" is the only policy command
+        return _quiet_on_broken_pipe(lambda: _policy_check(args.file))
     raise AssertionError(f"unhandled command {args.command!r}")  # argparse rejects others
 
 

@@ -523,8 +523,7 @@ class Switch:
     async def api_volumes__create(self, params: dict[str, Any], progress: ProgressFn) -> Any:
         name = _str(params, "name")
         async with self._changes:
-            if name in self.volumes or name in self.images:
-                raise AdminError("conflict", f"{name!r} already exists")
+            self._check_name_free(name)
             entry: dict[str, Any] = {}
             primary = params.get("primary")
             if params.get("size") is not None:
@@ -548,6 +547,13 @@ class Switch:
             await self._commit(data, "volume created by admin", progress=progress,
                                volume=name)
         return self._volume_status(self.volumes[name])
+
+    def _check_name_free(self, name: str) -> None:
+        """Volumes and images share one namespace (both can back a LUN)."""
+        if name in self.volumes:
+            raise AdminError("conflict", f"a volume named {name!r} already exists")
+        if name in self.images:
+            raise AdminError("conflict", f"an image named {name!r} already exists")
 
     async def api_volumes__delete(self, params: dict[str, Any], progress: ProgressFn) -> Any:
         live = self._volume(params, "name")
@@ -676,8 +682,7 @@ class Switch:
         live = self._volume(params)
         name = _str(params, "name")
         at = _str(params, "at")
-        if name in self.volumes or name in self.images:
-            raise AdminError("conflict", f"{name!r} already exists")
+        self._check_name_free(name)
         vol = live.volume
         try:
             vol.resolve(at)
@@ -789,8 +794,7 @@ class Switch:
             raise AdminError("invalid", str(exc)) from exc
         name = str(params.get("name") or f"{live.name}-at-{seq}")
         async with self._changes:
-            if name in self.images or name in self.volumes:
-                raise AdminError("conflict", f"{name!r} already exists")
+            self._check_name_free(name)
             data = self._edit()
             # A relative time is pinned to the write it names now, so the image does not
             # move when the daemon restarts.

@@ -33,7 +33,7 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
@@ -51,6 +51,8 @@ from pyparsing import ParseBaseException
 
 from switch.admin_client import AdminClient, socket_path
 from switch.admin_protocol import AdminError, ErrorKind, ProgressFn
+from switch.policy_text import coverage_lines, policies_table, policy_blocks, reload_text
+from switch.textfmt import human_size, table
 
 __all__ = ["CdpShell", "Session", "main"]
 
@@ -166,21 +168,6 @@ _SIZE_KEYS = frozenset(
     {"size", "bytes", "log_bytes", "secondary_used", "secondary_free", "read_bytes",
      "written_bytes", "freed_bytes"}
 )  # fmt: skip
-_UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB")
-
-
-def human_size(n: int) -> str:
-    if n < 1024:
-        return f"{n} B"
-    value = float(n)
-    index = -1
-    while value >= 1024 and index < len(_UNITS) - 1:
-        value /= 1024
-        index += 1
-    unit = _UNITS[index]
-    return f"{value:.0f} {unit}" if value == int(value) else f"{value:.1f} {unit}"
-
-
 def fmt(value: Any, key: str = "") -> str:
     if value is None:
         return "-"
@@ -199,15 +186,6 @@ def fmt(value: Any, key: str = "") -> str:
     if isinstance(value, Mapping):
         return ", ".join(f"{k}={fmt(v, k)}" for k, v in value.items()) if value else "-"
     return str(value)
-
-
-def table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
-    all_rows = [list(headers), *(list(r) for r in rows)]
-    widths = [max(len(r[i]) for r in all_rows) for i in range(len(headers))]
-    return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip()
-        for r in all_rows
-    )
 
 
 def dict_table(items: Sequence[Mapping[str, Any]], columns: Sequence[str] = ()) -> str:
@@ -611,9 +589,13 @@ class VolumesNode(Node):
 
     @params(req("name", Arg.VOLUME), opt("force", Arg.BOOL))
     def ui_command_delete(self, **args: Any) -> None:
-        """Deletes a volume and its history; refused while it is exported unless force=true."""
+        """Removes a volume from the switch. Its primary and its history stay on disk
+        (named in the answer: remove them by hand once sure). Refused while a LUN exports
+        it or an image is made from it, unless force=true."""
         result = self.call("volumes.delete", **args)
-        self.say(f"Deleted volume {_field(result, 'deleted', args['name'])}")
+        kept = _field(result, "kept_files", None)
+        self.say(f"Deleted volume {_field(result, 'deleted', args['name'])}"
+                 + (f"; its files are kept: {', '.join(kept)}" if kept else ""))
 
 
 class VolumeNode(ItemNode):
@@ -747,7 +729,13 @@ class VolumeNode(ItemNode):
         if form not in ("table", "json"):
             raise AdminError(ErrorKind.INVALID, f"format must be json or table, not {form!r}")
         result = self.call("volume.status", volume=self.name)
-        self.say(json.dumps(result, indent=2) if form == "json" else render(result))
+        if form == "json":
+            self.say(json.dumps(result, indent=2))
+            return
+        policy = result.pop("policy", None) if isinstance(result, dict) else None
+        self.say(render(result))
+        if isinstance(policy, Mapping):
+            self.say("\n".join(coverage_lines(policy)))
 
 
 _STATUS_COLUMNS = (
@@ -1121,18 +1109,18 @@ class PoliciesNode(Node):
         ItemNode(name, self, data)
 
     def listing(self) -> str:
-        return render(self.call("policies.list"), empty="no policies")
+        return policies_table(self.call("policies.list"))
 
     @params(opt("name", Arg.POLICY))
     def ui_command_show(self, **args: Any) -> None:
         """Shows a retention policy (all of them when no name is given)."""
-        self.say(render(self.call("policies.show", **args), empty="no policies"))
+        self.say(policy_blocks(self.call("policies.show", **args)))
 
     def ui_command_reload(self) -> None:
         """Reloads the retention policies from their YAML files."""
         result = self.call("policies.reload")
         self.session.invalidate()
-        self.say(render(result, empty="Policies reloaded"))
+        self.say(reload_text(result))
 
     @params(opt("volume", Arg.VOLUME))
     def ui_command_run(self, **args: Any) -> None:
@@ -1216,6 +1204,8 @@ class CdpShell(ConfigShell):  # type: ignore[misc]
             self.session.error(f"cannot parse the command line at column {e.col}: {e.line!r}")
         except KeyboardInterrupt:
             self.session.error("interrupted")
+        except BrokenPipeError:
+            raise  # the reader went away (`| head`): cli.main ends quietly
         except Exception as e:  # a bug in the shell, or an answer of an unexpected shape
             self.session.error(f"{type(e).__name__}: {e} (a bug in the shell)")
         else:

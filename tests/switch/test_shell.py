@@ -1,355 +1,50 @@
-"""``cdpswitch shell`` against a real admin server whose methods are a stand-in daemon.
+"""``cdpswitch shell`` against the real daemon (``cdpswitch serve`` as a subprocess).
 
-``StandInDaemon`` keeps its state in dicts and answers in the shapes of docs/admin-api.md (and
-of switch/daemon.py where the spec leaves a shape open: a TPG's ``luns`` is an object keyed
-by LUN number, an ACL says ``chap``). It stands in for the daemon only until the daemon's
-end-to-end tests exist; then these tests should run the shell against the real daemon.
+The shell runs in this process (``switch.shell.main`` with string streams) for the
+command tests, so they are quick and can look at both streams; the interactive tests
+run it as a program, one of them on a pseudo-terminal so readline's TAB completion is
+the real one. Volumes get history from markers and rewinds only (no host writes):
+tests/switch/test_daemon_e2e.py drives the same daemon with real iSCSI clients.
 """
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import os
+import pty
 import re
-import signal
+import select
 import stat
 import subprocess
 import sys
-import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from switch_daemon import Daemon, free_port
 
 from switch.admin_client import AdminClient, socket_path
-from switch.admin_protocol import AdminError, MethodFn, ProgressFn
-from switch.admin_server import AdminServer, start_admin_server
+from switch.admin_protocol import AdminError
 from switch.shell import CdpShell, Session, bind, human_size, main, opt, req, split_words
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "chap-secret-1234"
-UNITS = {"": 1, "K": 1 << 10, "KiB": 1 << 10, "M": 1 << 20, "MiB": 1 << 20, "G": 1 << 30,
-         "GiB": 1 << 30, "T": 1 << 40, "TiB": 1 << 40}  # fmt: skip
-
-
-def _need(params: dict[str, Any], key: str) -> Any:
-    if params.get(key) is None:
-        raise AdminError("invalid", f"missing parameter {key!r}")
-    return params[key]
-
-
-class StandInDaemon:
-    """A method table over dicts; see the module docstring."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.data_dir = data_dir
-        self.volumes: dict[str, dict[str, Any]] = {}
-        self.markers: dict[str, list[dict[str, Any]]] = {}
-        self.images: dict[str, dict[str, Any]] = {}
-        self.targets: dict[str, dict[int, dict[str, Any]]] = {}
-        self.steps = 20  # progress steps of the long operations
-        self.delay = 0.0
-        self.started = threading.Event()
-        self.cancelled = threading.Event()
-        self.calls: list[tuple[str, dict[str, Any]]] = []
-
-    # -- helpers -----------------------------------------------------------------------------
-
-    def volume(self, params: dict[str, Any], key: str = "volume") -> dict[str, Any]:
-        name = _need(params, key)
-        if name not in self.volumes:
-            raise AdminError("not_found", f"no volume named {name!r}")
-        return self.volumes[name]
-
-    def point(self, volume: str, point: str) -> int:
-        for marker in self.markers[volume]:
-            if marker["name"] == point:
-                return int(marker["seq"])
-        if point == "now":
-            return int(self.volumes[volume]["seq"])
-        if re.fullmatch(r"seq:\d+", point):
-            return int(point[4:])
-        raise AdminError("invalid", f"bad POINT {point!r}: no marker of that name")
-
-    def tpg(self, params: dict[str, Any]) -> dict[str, Any]:
-        iqn = _need(params, "iqn")
-        if iqn not in self.targets:
-            raise AdminError("not_found", f"no target {iqn}")
-        tag = int(params.get("tpg") or 1)
-        if tag not in self.targets[iqn]:
-            raise AdminError("not_found", f"target {iqn} has no tpg{tag}")
-        return self.targets[iqn][tag]
-
-    def exported(self, **which: str) -> bool:
-        return any(
-            lun.get(key) == name
-            for tpgs in self.targets.values()
-            for tpg in tpgs.values()
-            for lun in tpg["luns"].values()
-            for key, name in which.items()
-        )
-
-    async def work(self, what: str, progress: ProgressFn) -> None:
-        self.started.set()
-        try:
-            for i in range(self.steps):
-                progress(what, i + 1, self.steps)
-                await asyncio.sleep(self.delay)
-        except asyncio.CancelledError:
-            self.cancelled.set()  # nothing was changed yet: the undo is trivial
-            raise
-
-    # -- methods -----------------------------------------------------------------------------
-
-    def methods(self) -> dict[str, MethodFn]:
-        table: dict[str, MethodFn] = {}
-        for attr in dir(self):
-            if attr.startswith("m_"):
-                fn = getattr(self, attr)
-                name = attr[2:].replace("__", ".")
-                table[name] = self._recorded(name, fn)
-        return table
-
-    def _recorded(self, name: str, fn: MethodFn) -> MethodFn:
-        async def method(params: dict[str, Any], progress: ProgressFn) -> Any:
-            self.calls.append((name, dict(params)))
-            return await fn(params, progress)
-
-        return method
-
-    async def m_status(self, p: dict[str, Any], progress: ProgressFn) -> Any:
-        return {
-            "version": "0.1.0-test", "data_dir": str(self.data_dir), "uptime_s": 3725.0,
-            "volumes": {n: await self.m_volume__status({"volume": n}, progress)
-                        for n in self.volumes},
-            "images": list(self.images.values()), "targets": list(self.targets),
-            "portals": ["127.0.0.1:3260"],
-        }  # fmt: skip
-
-    async def m_volumes__list(self, p: dict[str, Any], progress: ProgressFn) -> Any:
-        return [v | {"exported": self.exported(volume=v["name"])} for v in self.volumes.values()]
-
-    async def m_volumes__create(self, p: dict[str, Any], progress: ProgressFn) -> Any:
-        name, size = _need(p, "name"), str(_need(p, "size"))
-        if name in self.volumes:
-            raise AdminError("conflict", f"volume {name!r} already exists")
-        match = re.fullmatch(r"(\d+)\s*([A-Za-z]*)", size)
-        if match is None or match.group(2) not in UNITS:
-            raise AdminError("invalid", f"bad size {size!r}")
-        self.volumes[name] = {
-            "name": name, "size": int(match.group(1)) * UNITS[match.group(2)], "seq": 0,
-            "primary": p.get("primary") or f"{self.data_dir}/{name}.img",
-            "secondary": p.get("secondary") or f"{self.data_dir}/{name}.cdp",
-            "policy": p.get("policy"),
-        }  # fmt: skip
-        self.markers[name] = []
-        return await self.m_volume__status({"volume": name}, progress)
-
-    async def m_volumes__delete(self, p: dict[str, Any], progress: ProgressFn) -> Any:
-        vol = self.volume(p, "name")
-        if self.exported(volume=vol["name"]) and not p.get("force"):
-            raise AdminError("refused", f"volume {vol['name']!r} is exported; use force=true")
-        del self.volumes[vol["name"]]
-        return {"deleted": vol["name"]}
-
-    async def m_volume__status(self, p: dict[str, Any], progress: ProgressFn) -> Any:
-        vol = self.volume(p)
-        return {
-            "name": vol["name"], "size": vol["size"], "block_size": 4096, "seq": vol["seq"],
-            "durable_seq": vol["seq"], "oldest_point": {"seq": 0},
-            "newest_point": {"seq": vol["seq"]},
-            "markers": len(self.markers[vol["name"]]), "maps": 2, "log_bytes": 8192,
-            "secondary_used": 3 << 20, "secondary_free": 5 << 30, "reads": 1, "writes": 2,
-            "read_bytes": 4096, "written_bytes": 8192, "sessions": [],
-        }  # fmt: skip
-
-    async def m_volume__mark(self, p: dict[str, Any], progress: ProgressFn) -> Any:
-        vol = self.volume(p)
-        vol["seq"] += 10  # some writes happened since the last marker
-        name = p.get("name") or f"m{len(self.markers[vol['name']]) + 1}"
-        marker = {"name": name, "seq": vol["seq"], "time": "2024-05-01T10:00:00",
-                  "pinned": bool(p.get("pinned"))}  # fmt: skip
-        self.markers[vol["name"]].append(marker)
-        return marker
-
-    async def m_volume__markers(self, p: dict[str, Any], progress: ProgressFn) -> Any:
-        return self.markers[self.volume(p)["name"]]
-
-    async def m_volume__maps(self, p: dict[str, Any], progress: ProgressFn) -> Any:
-        self.volume(p)
-        return [{"from_seq": 1, "to_seq": 10, "time": "2024-05-01T10:00:00", "entries": 3,
-                 "granular": True, "bytes": 12288}]  # fmt: skip
-
-    async def m_volume__timeline(self, p: dict[str, Any], progress: ProgressFn) -> Any:
-        vol = self.volume(p)
-        return {"baseline_seq": 0, "newest_seq": vol["seq"],
-                "markers": self.markers[vol["name"]],
-                "maps": await self.m_volume__maps(p, progress)}  # fmt: skip
-
-    async def m_volume__rewind(self, p: dict[str, Any], progress: ProgressFn) -> Any:
-        vol = self.volume(p)
-        seq = self.point(vol["name"], _need(p, "to"))
-        await self.work(f"rewind {vol['name']}", progress)
-        before = await self.m_volume__mark(
-            {"volume": vol["name"], "name": "before-rewind"}, progress
-        )
-        vol["seq"] = seq
-        return {"before_marker": before["name"], "seq": seq, "blocks_restored": 7}
-
-    async def m_volume__clone(self, p: dict[str, Any], progress: ProgressFn) -> Any:
-        vol = self.volume(p)
-        self.point(vol["name"], _need(p, "at"))
-        await self.work(f"clone {vol['name']}", progress)
-        return await self.m_volumes__create(
-            {"name": _need(p, "name"), "size": str(vol["size"])}, progress
-        )
-
-    async def m_volume__playback(self, p: dict[str, Any], progress: ProgressFn) -> Any:
-        vol = self.volume(p)
-        self.point(vol["name"], _need(p, "from"))
-        self.point(vol["name"], _need(p, "to"))
-        if not isinstance(p.get("lba"), int) or not isinstance(p.get("count"), int):
-            raise AdminError("invalid", "lba and count must be integers")
-        await self.work(f"playback {vol['name']}", progress)
-        return {"blocks": p["count"]}
-
-    async def m_volume__merge(self, p: dict[str, Any], progress: ProgressFn) -> Any:
-        vol = self.volume(p)
-        return {"from_seq": self.point(vol["name"], _need(p, "from")),
-                "to_seq": self.point(vol["name"], _need(p, "to")), "entries": 5}  # fmt: skip
-
-    async def m_volume__fade(self, p: dict[str, Any], progress: ProgressFn) -> Any:
-        vol = self.volume(p)
-        seq = self.point(vol["name"], _need(p, "before"))
-        await self.work(f"fade {vol['name']}", progress)
-        return {"freed_bytes": 3 << 20, "baseline_seq": seq}
-
-    async def m_images__list(self, p: dict[str, Any], progress: ProgressFn) -> Any:
-        return list(self.images.values())
-
-    async def m_images__create(self, p: dict[str, Any], progress: ProgressFn) -> Any:
-        vol = self.volume(p)
-        seq = self.point(vol["name"], _need(p, "at"))
-        name = p.get("name") or f"{vol['name']}@{seq}"
-        self.images[name] = {"name": name, "volume": vol["name"], "at": p["at"], "seq": seq,
-                             "writable": bool(p.get("writable"))}  # fmt: skip
-        return self.images[name]
-
-    async def m_images__delete(self, p: dict[str, Any], progress: ProgressFn) -> Any:
-        name = _need(p, "name")
-        if self.images.pop(name, None) is None:
-            raise AdminError("not_found", f"no image named {name!r}")
-        return {"deleted": name}
-
-    async def m_targets__list(self, p: dict[str, Any], progress: ProgressFn) -> Any:
-        return [
-            {"iqn": iqn, "tpgs": [
-                {"tag": tag, "portals": t["portals"], "luns": t["luns"],
-                 "acls": [{"initiator": a["initiator"], "chap": "userid" in a} for a in t["acls"]],
-                 "auth": "chap" if t["auth"] else "none"}
-                for tag, t in tpgs.items()]}
-            for iqn, tpgs in self.targets.items()
-        ]  # fmt: skip
-
-    async def m_targets__create(self, p: dict[str, Any], progress: ProgressFn) -> Any:
-        iqn = p.get("iqn") or f"iqn.2024-05.org.cdpswitch:t{len(self.targets)}"
-        self.targets[iqn] = {1: {"portals": [], "luns": {}, "acls": [], "auth": {}}}
-        return {"iqn": iqn}
-
-    async def m_targets__delete(self, p: dict[str, Any], progress: ProgressFn) -> Any:
-        self.tpg(p)
-        del self.targets[p["iqn"]]
-        return {"deleted": p["iqn"]}
-
-    async def m_tpg__portal_create(self, p: dict[str, Any], progress: ProgressFn) -> Any:
-        portal = f"{_need(p, 'ip')}:{p.get('port') or 3260}"
-        self.tpg(p)["portals"].append(portal)
-        return {"portal": portal}
-
-    async def m_tpg__portal_delete(self, p: dict[str, Any], progress: ProgressFn) -> Any:
-        portal = f"{_need(p, 'ip')}:{p.get('port') or 3260}"
-        portals = self.tpg(p)["portals"]
-        if portal not in portals:
-            raise AdminError("not_found", f"no portal {portal}")
-        portals.remove(portal)
-        return {"deleted": portal}
-
-    async def m_tpg__lun_create(self, p: dict[str, Any], progress: ProgressFn) -> Any:
-        luns = self.tpg(p)["luns"]
-        if (p.get("volume") is None) == (p.get("image") is None):
-            raise AdminError("invalid", "give exactly one of volume= or image=")
-        n = p["lun"] if p.get("lun") is not None else next(i for i in range(99) if i not in luns)
-        luns[n] = {"volume": p["volume"]} if p.get("volume") else {"image": p["image"]}
-        return {"lun": n}
-
-    async def m_tpg__lun_delete(self, p: dict[str, Any], progress: ProgressFn) -> Any:
-        luns = self.tpg(p)["luns"]
-        if luns.pop(_need(p, "lun"), None) is None:
-            raise AdminError("not_found", f"no lun{p['lun']}")
-        return {"deleted": p["lun"]}
-
-    async def m_tpg__acl_create(self, p: dict[str, Any], progress: ProgressFn) -> Any:
-        acl = {k: v for k, v in p.items() if k not in ("iqn", "tpg")}
-        self.tpg(p)["acls"].append(acl)
-        return {"initiator": _need(p, "initiator")}
-
-    async def m_tpg__acl_delete(self, p: dict[str, Any], progress: ProgressFn) -> Any:
-        tpg = self.tpg(p)
-        tpg["acls"] = [a for a in tpg["acls"] if a["initiator"] != _need(p, "initiator")]
-        return {"deleted": p["initiator"]}
-
-    async def m_tpg__auth_set(self, p: dict[str, Any], progress: ProgressFn) -> Any:
-        auth = {k: v for k, v in p.items() if k not in ("iqn", "tpg") and v}
-        self.tpg(p)["auth"] = auth
-        return {"auth": "chap" if auth else "none"}
-
-    async def m_policies__list(self, p: dict[str, Any], progress: ProgressFn) -> Any:
-        return []
-
-    async def m_policies__show(self, p: dict[str, Any], progress: ProgressFn) -> Any:
-        if p.get("name") is not None:
-            raise AdminError("not_found", f"no policy named {p['name']!r}")
-        return []
-
-    async def m_policies__reload(self, p: dict[str, Any], progress: ProgressFn) -> Any:
-        return {"reloaded": 0}
-
-    async def m_config__save(self, p: dict[str, Any], progress: ProgressFn) -> Any:
-        return {"path": p.get("path") or str(self.data_dir / "saveconfig.yaml")}
-
-    async def m_config__restore(self, p: dict[str, Any], progress: ProgressFn) -> Any:
-        return {"path": p.get("path") or str(self.data_dir / "saveconfig.yaml")}
+TIME = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}"
 
 
 @pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[StandInDaemon]:
-    """The stand-in daemon served on tmp_path/admin.sock from a background event loop."""
-    fake = StandInDaemon(tmp_path)
-    loop = asyncio.new_event_loop()
-    box: dict[str, AdminServer] = {}
-    ready = threading.Event()
-
-    def serve() -> None:
-        asyncio.set_event_loop(loop)
-        box["server"] = loop.run_until_complete(
-            start_admin_server(socket_path(tmp_path), fake.methods())
-        )
-        ready.set()
-        loop.run_forever()
-
-    thread = threading.Thread(target=serve, name="stand-in-daemon")
-    thread.start()
-    assert ready.wait(10)
-    try:
-        yield fake
-    finally:
-        asyncio.run_coroutine_threadsafe(box["server"].wait_closed(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
+def daemon(tmp_path: Path) -> Iterator[Daemon]:
+    """A real daemon with no volumes and no targets; its data directory is daemon.data."""
+    config = tmp_path / "switch.yaml"
+    config.write_text("volumes: {}\n")
+    d = Daemon(tmp_path / "data", free_port(), config)
+    d.start()
+    yield d
+    if d.proc is not None and d.proc.poll() is None:
+        assert d.stop() == 0, d.log()
 
 
 def shell(data_dir: Path, *words: str) -> tuple[int, str, str]:
@@ -373,9 +68,10 @@ def fails(data_dir: Path, *words: str) -> str:
 
 
 @pytest.fixture
-def vol0(daemon: StandInDaemon) -> Path:
-    d = daemon.data_dir
-    ok(d, "/volumes", "create", "name=vol0", "size=1GiB")
+def vol0(daemon: Daemon) -> Path:
+    """The daemon's data directory, with vol0 (64 MiB) holding markers a and b (pinned)."""
+    d = daemon.data
+    ok(d, "/volumes", "create", "name=vol0", "size=64MiB")
     ok(d, "/volumes/vol0", "mark", "name=a")
     ok(d, "/volumes/vol0", "mark", "name=b", "pinned=yes")
     return d
@@ -384,82 +80,100 @@ def vol0(daemon: StandInDaemon) -> Path:
 # --- commands ------------------------------------------------------------------------------
 
 
-def test_volumes_create_ls_delete(daemon: StandInDaemon) -> None:
-    d = daemon.data_dir
-    assert (
-        ok(d, "/volumes", "create", "name=vol0", "size=64MiB") == "Created volume vol0 (64 MiB)\n"
+def test_volumes_create_ls_delete(daemon: Daemon) -> None:
+    d = daemon.data
+    assert ok(d, "/volumes", "create", "name=vol0", "size=64MiB") == (
+        "Created volume vol0 (64 MiB)\n"
     )
-    assert daemon.calls[-1] == ("volumes.create", {"name": "vol0", "size": "64MiB"})  # as typed
-    ok(d, "/volumes", "create", "vol1", "1G", "policy=hourly")  # positional works too
+    ok(d, "/volumes", "create", "vol1", "1M", "policy=default")  # positional works too
     lines = ok(d, "/volumes", "ls").splitlines()
     assert lines[0].split() == ["NAME", "SIZE", "SEQ", "PRIMARY", "SECONDARY", "POLICY", "EXPORTED"]
-    assert lines[1].split()[:3] == ["vol0", "64", "MiB"]
-    assert "hourly" in lines[2] and lines[2].split()[-1] == "no"
+    assert lines[1].split()[:4] == ["vol0", "64", "MiB", "0"]
+    assert lines[1].split()[4] == str(d / "volumes" / "vol0" / "primary.img")
+    assert lines[2].split()[:3] == ["vol1", "1", "MiB"] and lines[2].split()[-2:] == [
+        "default", "no",
+    ]  # fmt: skip
     assert ok(d, "ls", "/volumes") == ok(d, "/volumes", "ls")
-    assert ok(d, "/volumes", "delete", "name=vol1", "force=false") == "Deleted volume vol1\n"
-    assert daemon.calls[-1] == ("volumes.delete", {"name": "vol1", "force": False})
+    home = d / "volumes" / "vol1"
+    assert ok(d, "/volumes", "delete", "name=vol1", "force=false") == (
+        f"Deleted volume vol1; its files are kept: {home / 'primary.img'}, {home / 'cdp'}\n"
+    )
     assert "vol1" not in ok(d, "/volumes", "ls")
+    assert (home / "primary.img").exists()  # removing the entry never destroys data
 
 
-def test_volume_commands(vol0: Path, daemon: StandInDaemon) -> None:
+def test_volume_commands(vol0: Path, tmp_path: Path) -> None:
     d = vol0
-    assert ok(d, "/volumes/vol0", "mark") == "Marker m3 at seq 30 (2024-05-01T10:00:00)\n"
+    assert re.fullmatch(rf"Marker m3 at seq 3 \({TIME}\)\n", ok(d, "/volumes/vol0", "mark"))
     markers = ok(d, "/volumes/vol0/markers", "ls").splitlines()
     assert markers[0].split() == ["NAME", "SEQ", "TIME", "PINNED"]
-    assert [m.split()[0] for m in markers[1:]] == ["a", "b", "m3"]
-    assert markers[2].split()[-1] == "yes"
+    assert [m.split()[:2] for m in markers[1:]] == [["a", "1"], ["b", "2"], ["m3", "3"]]
+    assert [m.split()[-1] for m in markers[1:]] == ["no", "yes", "no"]
     maps = ok(d, "/volumes/vol0/maps", "ls").splitlines()
-    assert maps[0].split() == ["FROM_SEQ", "TO_SEQ", "TIME", "ENTRIES", "GRANULAR", "BYTES"]
-    assert maps[1].split()[-2:] == ["12", "KiB"]
+    assert maps[0].split() == ["FROM_SEQ", "TO_SEQ", "TIME", "ENTRIES", "GRANULAR", "BYTES",
+                               "CLASS"]  # fmt: skip
+    assert [m.split()[:2] for m in maps[1:]] == [["0", "1"], ["1", "2"], ["2", "3"]]
 
     timeline = ok(d, "/volumes/vol0", "timeline")
-    assert timeline.startswith("baseline seq 0, newest seq 30\nmarkers:\nNAME")
-    assert json.loads(ok(d, "/volumes/vol0", "timeline", "format=json"))["newest_seq"] == 30
+    assert re.match(rf"baseline seq 0 \({TIME}\), newest seq 3\nmarkers:\nNAME", timeline)
+    assert json.loads(ok(d, "/volumes/vol0", "timeline", "format=json"))["newest_seq"] == 3
 
     status = ok(d, "/volumes/vol0", "status")
-    assert re.search(r"^secondary_free +5 GiB$", status, re.M)
-    assert re.search(r"^oldest_point +seq=0$", status, re.M)
+    assert re.search(r"^secondary_free +[0-9.]+ [KMGTP]iB$", status, re.M), status
+    assert re.search(rf"^oldest_point +seq=0, time={TIME}$", status, re.M), status
+    assert re.search(r"^policy +default: ok, covers \S+ of \S+ promised$", status, re.M)
+    assert re.search(r"^  recent +every write ", status, re.M), status
+    assert "{" not in status  # nested answers are laid out, not dumped as JSON
+    assert json.loads(ok(d, "/volumes/vol0", "status", "format=json"))["seq"] == 3
 
     code, out, err = shell(d, "/volumes/vol0", "rewind", "to=a")
     assert code == 0, err
     assert out == (
-        "Rewound vol0 to a: now at seq 10, 7 block(s) restored; "
-        "marker before-rewind holds the state before the rewind\n"
+        "Rewound vol0 to a: now at seq 1, 0 block(s) restored; "
+        "marker before-rewind-1 holds the state before the rewind\n"
     )
-    progress = err.splitlines()  # not a terminal: plain progress lines on stderr
-    assert progress[0] == "rewind vol0: 1/20 (5%)" and progress[-1] == "rewind vol0: 20/20 (100%)"
+    assert all(re.fullmatch(r"rewind vol0: \d+/\d+ \(\d+%\)", line)
+               for line in err.splitlines()), err  # not a terminal: plain progress lines
+    assert "before-rewind-1" in ok(d, "/volumes/vol0/markers", "ls")
 
+    dest = tmp_path / "dest.img"
+    dest.write_bytes(b"\xff" * 8192)
     code, out, _ = shell(d, "/volumes/vol0", "playback", "from=a", "to=b", "lba=0", "count=8",
-                         "dest=/tmp/x")  # fmt: skip
-    assert (code, out) == (0, "Played back 8 block(s) of vol0 (a .. b) onto /tmp/x\n")
-    assert daemon.calls[-1][1] == {
-        "volume": "vol0", "from": "a", "to": "b", "lba": 0, "count": 8, "dest": "/tmp/x",
-    }  # fmt: skip
-    assert ok(d, "/volumes/vol0", "merge", "from=a", "to=b").splitlines()[1:] == [
-        "from_seq  10", "to_seq    20", "entries   5",
+                         f"dest={dest}")  # fmt: skip
+    # No host wrote between a and b: nothing to play back, and dest is left as it was.
+    assert (code, out) == (0, f"Played back 0 block(s) of vol0 (a .. b) onto {dest}\n")
+    assert dest.read_bytes() == b"\xff" * 8192
+    merged = ok(d, "/volumes/vol0", "merge", "from=m3", "to=after-rewind-1").splitlines()
+    assert merged[:3] == ["Merged the maps of vol0 from m3 to after-rewind-1:", "from_seq  3",
+                          "to_seq    5"], merged
+    assert [m.split()[:2] for m in ok(d, "/volumes/vol0/maps", "ls").splitlines()[1:]] == [
+        ["0", "1"], ["1", "2"], ["2", "3"], ["3", "5"],
     ]  # fmt: skip
-    code, out, _ = shell(d, "/volumes/vol0", "fade", "before=seq:5")
-    assert (code, out) == (0, "Faded out vol0 before seq:5: freed 3 MiB, baseline now at seq 5\n")
+    assert fails(d, "/volumes/vol0", "merge", "from=a", "to=m3") == (
+        "Error: pinned markers inside the range: b\n"
+    )
+    code, out, _ = shell(d, "/volumes/vol0", "fade", "before=a")
+    assert code == 0 and re.fullmatch(
+        r"Faded out vol0 before a: freed \d+ [KMG]?i?B, baseline now at seq 1\n", out), out
     code, out, _ = shell(d, "/volumes/vol0", "clone", "name=copy", "at=b")
     assert (code, out) == (0, "Created volume copy as vol0 at b\n")
     assert "copy" in ok(d, "/volumes", "ls")
 
 
-def test_images_targets_and_tpgs(vol0: Path, daemon: StandInDaemon) -> None:
+def test_images_targets_and_tpgs(vol0: Path) -> None:
     d = vol0
+    port = free_port()
     assert ok(d, "/images", "create", "volume=vol0", "at=a", "name=img") == (
-        "Created image img of vol0 at a (seq 10, read-only)\n"
+        "Created image img of vol0 at a (seq 1, read-only)\n"
     )
-    assert ok(d, "/images", "ls").splitlines()[1].split() == ["img", "vol0", "a", "10", "no"]
+    assert ok(d, "/images", "ls").splitlines()[1].split() == ["img", "vol0", "a", "1", "no", "-"]
     assert ok(d, "/targets", "create", "iqn=iqn.2024-05.test:t1") == (
         "Created target iqn.2024-05.test:t1\n"
     )
     tpg = "/targets/iqn.2024-05.test:t1/tpg1"
-    assert ok(d, f"{tpg}/portals", "create", "ip=127.0.0.1", "port=3261") == (
-        "Created portal 127.0.0.1:3261\n"
+    assert ok(d, f"{tpg}/portals", "create", "ip=127.0.0.1", f"port={port}") == (
+        f"Created portal 127.0.0.1:{port}\n"
     )
-    assert daemon.calls[-1][1] == {"iqn": "iqn.2024-05.test:t1", "tpg": 1, "ip": "127.0.0.1",
-                                   "port": 3261}  # fmt: skip
     assert ok(d, f"{tpg}/luns", "create", "volume=vol0") == "Created LUN 0\n"
     assert ok(d, f"{tpg}/luns", "create", "lun=5", "image=img") == "Created LUN 5\n"
     out = ok(d, f"{tpg}/acls", "create", "initiator=iqn.1994-05.com.redhat:h1", "userid=u",
@@ -468,21 +182,19 @@ def test_images_targets_and_tpgs(vol0: Path, daemon: StandInDaemon) -> None:
     assert ok(d, tpg, "set", "auth", "userid=tu", f"password={SECRET}") == (
         "Authentication of iqn.2024-05.test:t1 tpg1 is now chap\n"
     )
-    assert daemon.calls[-1] == (
-        "tpg.auth_set",
-        {"iqn": "iqn.2024-05.test:t1", "tpg": 1, "userid": "tu", "password": SECRET},
-    )
     tree = ok(d, "ls", "/targets")
-    for shown in ("tpg1", "portals", "127.0.0.1:3261", "lun0", "volume vol0", "lun5",
+    for shown in ("tpg1", "portals", f"127.0.0.1:{port}", "lun0", "volume vol0", "lun5",
                   "image img", "iqn.1994-05.com.redhat:h1", "[chap]", "auth chap"):  # fmt: skip
         assert shown in tree, (shown, tree)
     assert SECRET not in tree
     assert "exported" in ok(d, "ls", "/volumes/vol0")
-    refused = fails(d, "/volumes", "delete", "name=vol0")
-    assert refused == "Error: volume 'vol0' is exported; use force=true\n"
+    assert fails(d, "/volumes", "delete", "name=vol0") == (
+        "Error: volume 'vol0' is in use (iqn.2024-05.test:t1/tpg1/lun0, image img); delete"
+        " those first or use force=true\n"
+    )
     assert ok(d, f"{tpg}/luns", "delete", "lun=5") == "Deleted LUN 5\n"
-    assert ok(d, f"{tpg}/portals", "delete", "ip=127.0.0.1", "port=3261") == (
-        "Deleted portal 127.0.0.1:3261\n"
+    assert ok(d, f"{tpg}/portals", "delete", "ip=127.0.0.1", f"port={port}") == (
+        f"Deleted portal 127.0.0.1:{port}\n"
     )
     assert ok(d, f"{tpg}/acls", "delete", "initiator=iqn.1994-05.com.redhat:h1") == (
         "Deleted ACL for iqn.1994-05.com.redhat:h1\n"
@@ -497,24 +209,38 @@ def test_images_targets_and_tpgs(vol0: Path, daemon: StandInDaemon) -> None:
 def test_root_and_policies(vol0: Path) -> None:
     d = vol0
     status = ok(d, "status").splitlines()
-    assert status[0] == f"cdpswitch 0.1.0-test, data directory {d}, up 1h 02m 05s"
+    assert re.fullmatch(rf"cdpswitch \S+, data directory {re.escape(str(d))}, up 0h \d\dm \d\ds",
+                        status[0]), status[0]
     assert status[1] == "volumes:"
     assert status[2].split()[:4] == ["NAME", "SIZE", "SEQ", "MARKERS"]
-    assert status[3].split()[:5] == ["vol0", "1", "GiB", "20", "2"]
-    assert "portals: 127.0.0.1:3260" in status
-    assert "targets: none" in status
-    assert ok(d, "/", "saveconfig") == f"Configuration saved to {d}/saveconfig.yaml\n"
-    assert ok(d, "/", "restoreconfig", "path=/x.yaml") == "Configuration restored from /x.yaml\n"
-    assert ok(d, "/policies", "ls") == "no policies\n"
-    assert ok(d, "/policies", "show") == "no policies\n"
-    assert ok(d, "/policies", "reload") == "reloaded  0\n"
-    assert fails(d, "/policies", "show", "name=x") == "Error: no policy named 'x'\n"
+    assert status[3].split()[:5] == ["vol0", "64", "MiB", "2", "2"]
+    assert "targets: none" in status and "portals: none" in status
+    saved = d / "saveconfig.yaml"
+    assert ok(d, "/", "saveconfig") == f"Configuration saved to {saved}\n"
+    assert "vol0" in saved.read_text()
+    assert ok(d, "/", "restoreconfig", f"path={saved}") == (
+        f"Configuration restored from {saved}\n"
+    )
+    listing = ok(d, "/policies", "ls").splitlines()
+    assert listing[0].split() == ["NAME", "CLASSES", "(KEEP", "FOR)", "OLDER", "VOLUMES"]
+    assert listing[1].startswith("default  recent (every write for 2h), quarter-hourly")
+    assert listing[1].endswith("fade   vol0")
+    shown = ok(d, "/policies", "show")
+    assert shown.startswith("built-in policies (no policy file configured)\n\ndefault: every")
+    assert "  hourly          1h           7d\n" in shown and "  volumes: vol0\n" in shown
+    assert ok(d, "/policies", "show", "name=default") == shown.split("\n\n", 1)[1]
+    assert ok(d, "/policies", "reload") == (
+        "Policies reloaded (no policy file configured: the built-in policies): nothing changed\n"
+    )
+    assert fails(d, "/policies", "show", "name=x") == (
+        "Error: no policy named 'x' (policies: default)\n"
+    )
 
 
 def test_tree_and_help(vol0: Path) -> None:
     tree = ok(vol0, "ls")
-    for node in ("volumes", "vol0", "1 GiB, seq 20, not exported", "markers", "2 marker(s)",
-                 "maps", "images", "targets", "policies"):  # fmt: skip
+    for node in ("volumes", "vol0", "64 MiB, seq 2, not exported", "markers", "2 marker(s)",
+                 "maps", "images", "targets", "policies", "default"):  # fmt: skip
         assert node in tree, node
     assert ok(vol0, "/volumes/vol0", "ls", "depth=1").count("\n") == 3
     help_text = ok(vol0, "/volumes/vol0", "help")
@@ -540,8 +266,8 @@ def test_tree_and_help(vol0: Path) -> None:
         (["/volumes", "delete", "name=vol0", "force=maybe"], "force must be true or false"),
         (["/volumes/vol0", "playback", "from=a", "to=b", "lba=x", "count=1", "dest=d"],
          "lba must be an integer, not 'x'"),
-        (["/volumes/vol0", "rewind", "to=nowhere"], "bad POINT 'nowhere'"),
-        (["/volumes", "create", "name=vol0", "size=1G"], "volume 'vol0' already exists"),
+        (["/volumes/vol0", "rewind", "to=nowhere"], "no marker named 'nowhere' (markers: a, b)"),
+        (["/volumes", "create", "name=vol0", "size=1G"], "a volume named 'vol0' already exists"),
         (["/volumes/vol0", "timeline", "format=xml"], "format must be json or table"),
         (["frobnicate"], "no command 'frobnicate' in /"),
     ],
@@ -564,7 +290,7 @@ def test_no_daemon(tmp_path: Path) -> None:
 def test_secrets_are_not_printed(vol0: Path) -> None:
     ok(vol0, "/targets", "create", "iqn=iqn.2024-05.test:t2")
     tpg = "/targets/iqn.2024-05.test:t2/tpg1"
-    out = ok(vol0, f"{tpg}/acls", "create", "initiator=iqn.x:h", "userid=u",
+    out = ok(vol0, f"{tpg}/acls", "create", "initiator=iqn.2024-05.test:h", "userid=u",
              f"password={SECRET}", f"mutual_password={SECRET}x", "mutual_userid=m")  # fmt: skip
     out += ok(vol0, tpg, "get", "auth")
     assert SECRET not in out
@@ -670,7 +396,7 @@ def test_one_shot_subprocess(vol0: Path) -> None:
     assert done.stdout.splitlines()[1].startswith("vol0")
     done = cli(vol0, "/volumes/vol0", "rewind", "to=nowhere")
     assert done.returncode == 1 and done.stdout == ""
-    assert done.stderr == "Error: bad POINT 'nowhere': no marker of that name\n"
+    assert done.stderr == "Error: no marker named 'nowhere' (markers: a, b)\n"
     done = cli(vol0, "/nope", "ls")
     assert (done.returncode, done.stderr) == (1, "Error: No such path /nope\n")
 
@@ -687,33 +413,100 @@ def test_data_dir_from_the_environment(vol0: Path) -> None:
 def test_interactive_subprocess(vol0: Path) -> None:
     done = cli(vol0, input="cd /volumes\nls\ncd vol0\nmark name=c\nbogus\nexit\n")
     assert done.returncode == 0, done.stderr
-    assert "cdpswitch shell: daemon 0.1.0-test" in done.stdout
-    assert "Marker c at seq 30" in done.stdout
+    assert re.match(r"cdpswitch shell: daemon \S+ on .*admin\.sock\. Type 'help'", done.stdout)
+    assert "Marker c at seq 3 (" in done.stdout
     assert "/volumes/vol0> " in done.stdout  # the prompt shows where we are
     assert "Error: no command 'bogus' in /volumes/vol0" in done.stderr
     history = vol0 / "shell"
     assert stat.S_IMODE(history.stat().st_mode) == 0o700  # the history may hold secrets
 
 
-def test_ctrl_c_cancels_a_long_operation(vol0: Path, daemon: StandInDaemon) -> None:
-    daemon.steps, daemon.delay = 2000, 0.01  # 20 s unless cancelled
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "switch.cli", "shell", "--data-dir", str(vol0), "/volumes/vol0",
-         "rewind", "to=a"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+class Terminal:
+    """``cdpswitch shell`` on a pseudo-terminal: real readline, real TAB completion.
+
+    configshell asks the terminal where the cursor is (ESC [6n) when it lists several
+    completions; this answers each query as a terminal would. (Listing several is held
+    by test_tab_completion_through_configshell: the answer races readline's input here.)"""
+
+    def __init__(self, data_dir: Path) -> None:
+        master, slave = pty.openpty()
+        self.master = master
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "switch.cli", "shell", "--data-dir", str(data_dir)],
+            cwd=ROOT, stdin=slave, stdout=slave, stderr=slave, close_fds=True,
+            env={**os.environ, "TERM": "xterm"},
+        )  # fmt: skip
+        os.close(slave)
+
+    def send(self, text: str) -> None:
+        os.write(self.master, text.encode())
+
+    def expect(self, token: str, timeout: float = 30.0) -> str:
+        """Everything printed until ``token`` (which must come)."""
+        seen = b""
+        deadline = time.monotonic() + timeout
+        while token.encode() not in seen:
+            left = deadline - time.monotonic()
+            assert left > 0, f"{token!r} never came; the terminal shows {seen!r}"
+            ready, _, _ = select.select([self.master], [], [], min(left, 0.2))
+            if not ready:
+                continue
+            try:
+                chunk = os.read(self.master, 4096)
+            except OSError:  # the shell exited
+                chunk = b""
+            assert chunk, f"{token!r} never came before the shell exited: {seen!r}"
+            if b"\x1b[6n" in chunk:
+                os.write(self.master, b"\x1b[1;1R")
+                chunk = chunk.replace(b"\x1b[6n", b"")
+            seen += chunk
+        return seen.decode(errors="replace")
+
+    def close(self) -> int:
+        try:
+            return self.proc.wait(timeout=30)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            os.close(self.master)
+
+
+def test_interactive_shell_on_a_terminal_completes_with_tab(vol0: Path) -> None:
+    term = Terminal(vol0)
     try:
-        assert proc.stderr is not None
-        first = proc.stderr.readline()
-        assert first.startswith("rewind vol0: 1/2000"), first
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=15)
+        assert "Type 'help' for help" in term.expect("/> ")
+        term.send("cd /volumes/vo\t\n")  # a path completes from the daemon's volumes
+        term.expect("/volumes/vol0> ")
+        term.send("mark na\t")  # a parameter name completes, '=' and all
+        term.expect("mark name=")
+        term.send("c1\n")
+        assert re.search(rf"Marker c1 at seq 3 \({TIME}\)", term.expect("/volumes/vol0> "))
+        term.send("rewind to=c\t")  # a POINT completes from the volume's markers
+        term.expect("rewind to=c1 ")
+        term.send("\x15help rewind\n")  # Ctrl-U drops the line typed so far: no rewind
+        term.expect("Ctrl-C cancels it safely")
+        term.expect("/volumes/vol0> ")
+        term.send("exit\n")
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 1
-    assert out == ""
-    assert re.fullmatch(r"Error: request \d+ \(volume.rewind\) cancelled", err.splitlines()[-1])
-    assert daemon.cancelled.is_set()
-    assert daemon.volumes["vol0"]["seq"] == 20  # unchanged: no rewind happened
+        code = term.close()
+    assert code == 0
+    markers = ok(vol0, "/volumes/vol0/markers", "ls")
+    assert "c1" in markers and "before-rewind" not in markers  # the rewind was never run
+
+
+def test_output_into_a_closed_pipe_ends_quietly(vol0: Path) -> None:
+    """`cdpswitch shell ... | head -1`: once the reader is gone the shell stops with the
+    status of a tool killed by SIGPIPE and no message (not "a bug in the shell")."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first line is written
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "switch.cli", "shell", "--data-dir", str(vol0),
+             "/volumes/vol0", "timeline"],
+            cwd=ROOT, stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60,
+            check=False,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (141, "")
