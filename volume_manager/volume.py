@@ -82,6 +82,9 @@ _WRITEBACK_BYTES = 1 << 20
 # (large records gain nothing from it, and a big buffer costs page faults).
 _APPLY_SPAN = 256 << 10
 _now_ns = time.time_ns
+# Rows of the tail index's arrays as bytes (see volume_manager.pending._ROW for why).
+_TAIL_ROW = struct.Struct("=5Q")
+_TIME_ROW = struct.Struct("=2Q")
 Progress = Callable[[int, int], None]
 
 CATALOG = "catalog.db"
@@ -399,12 +402,12 @@ class Volume:
             # The active segment is always synced by a commit; _unsynced only
             # names sealed segments (added when they roll).
             t = self._tail
-            t.times.extend((seq, ts))
+            t.times.frombytes(_TIME_ROW.pack(seq, ts))
             if rtype == _WRITE:
-                t.rec.extend((lba, count, seg.id, seq, off + HEADER_SIZE))
+                t.rec.frombytes(_TAIL_ROW.pack(lba, count, seg.id, seq, off + HEADER_SIZE))
                 self._pending.insert(lba, count, seq, seg.fh, off + HEADER_SIZE)
             elif rtype == _UNMAP:
-                t.rec.extend((lba, count, ext.ZERO_SEG, seq, 0))
+                t.rec.frombytes(_TAIL_ROW.pack(lba, count, ext.ZERO_SEG, seq, 0))
                 self._pending.insert(lba, count, seq, -1, 0)
             return seq
 
