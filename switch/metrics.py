@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 __all__ = ["Metric", "MetricsServer", "render", "start_metrics_server"]
@@ -57,7 +57,8 @@ class MetricsServer:
 
 
 async def start_metrics_server(host: str, port: int,
-                               collect: Callable[[], Iterable[Metric]]) -> MetricsServer:
+                               collect: Callable[[], Awaitable[Iterable[Metric]]]
+                               ) -> MetricsServer:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
@@ -68,7 +69,7 @@ async def start_metrics_server(host: str, port: int,
                 status, body, ctype = "404 Not Found", b"see /metrics\n", "text/plain"
             else:
                 status, ctype = "200 OK", "text/plain; version=0.0.4; charset=utf-8"
-                body = render(collect()).encode()
+                body = render(await collect()).encode()
             writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
                          f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
                          + body)
