@@ -43,6 +43,7 @@ import json
 import os
 import platform
 import random
+import resource
 import shutil
 import statistics
 import sys
@@ -291,16 +292,22 @@ def _cpu_per_write(wd: Workdir, rounds: int, sz: Sizes, rng: random.Random,
     first: list[float] = []
     last: list[float] = []
     peer_cpu: list[float] = []
+    user: list[float] = []
+    system: list[float] = []
 
     def engine() -> None:
         vol = new_volume(wd, size, opts)
         chunks = []
         try:
+            r0 = resource.getrusage(resource.RUSAGE_SELF)
             for a in range(0, n, chunk):
                 with timed() as t:
                     for off in offs[a: a + chunk]:
                         vol.write(off // BLOCK, buf)
                 chunks.append((t.cpu, min(chunk, n - a)))
+            r1 = resource.getrusage(resource.RUSAGE_SELF)
+            user.append((r1.ru_utime - r0.ru_utime) / n)
+            system.append((r1.ru_stime - r0.ru_stime) / n)
         finally:
             # Nothing was committed: drop the volume unflushed, so the primary
             # never gets the writes (freeing scattered blocks is slow on some disks).
@@ -331,6 +338,11 @@ def _cpu_per_write(wd: Workdir, rounds: int, sz: Sizes, rng: random.Random,
             median(first) * 1e6, "us")
     sec.add(f"  last {chunk} writes (overlay ~{n * IO4K // MiB} MiB)", median(last) * 1e6,
             "us")
+    sec.add("  of which user time (the engine's Python)", median(user) * 1e6, "us")
+    sec.add("  of which system time (mostly the log's page-cache write)",
+            median(system) * 1e6, "us")
+    sec.add("  fastest round (this figure swings between rounds on a shared VM)",
+            min(eng) * 1e6, "us")
     sec.add("  os.pwrite CPU per 4 KiB write, same offsets", p, "us")
     sec.add("  engine/pwrite CPU ratio", e / p, "x")
 
