@@ -57,6 +57,7 @@ from pathlib import Path
 # Run from a checkout without relying on how the package was installed.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.report_format import number
 from volume_manager import Volume, VolumeOptions
 
 KiB = 1 << 10
@@ -122,25 +123,12 @@ class Section:
         return row
 
 
-def _fmt(v: float) -> str:
-    if v != v:  # NaN
-        return "n/a"
-    a = abs(v)
-    if a >= 1000:
-        return f"{v:,.0f}"
-    if a >= 100:
-        return f"{v:.1f}"
-    if a >= 1:
-        return f"{v:.2f}"
-    return f"{v:.3f}"
-
-
 def print_section(sec: Section) -> None:
     print(f"\n({sec.key}) {sec.title}")
     w = max([52, *(len(r.metric) for r in sec.rows)])
     print(f"  {'metric':<{w}} {'value':>10} {'unit':<7} {'target':<10} verdict")
     for r in sec.rows:
-        line = f"  {r.metric:<{w}} {_fmt(r.value):>10} {r.unit:<7} {r.target:<10} {r.verdict}"
+        line = f"  {r.metric:<{w}} {number(r.value):>10} {r.unit:<7} {r.target:<10} {r.verdict}"
         print(line.rstrip() + (f"   {r.note}" if r.note else ""))
     for n in sec.notes:
         print(f"  note: {n}")

@@ -51,6 +51,7 @@ from pathlib import Path
 # Run from a checkout without relying on how the package was installed.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.report_format import number
 from policies.decide import MapSpan, Marker, Merge, Timeline, coverage, decide
 from policies.schema import Policy
 from volume_manager import Volume, VolumeOptions
@@ -97,22 +98,11 @@ class Section:
         self.rows.append(Row(metric, value, unit, note))
 
 
-def _fmt(v: float) -> str:
-    a = abs(v)
-    if a >= 1000:
-        return f"{v:,.0f}"
-    if a >= 100:
-        return f"{v:.1f}"
-    if a >= 1:
-        return f"{v:.2f}"
-    return f"{v:.3f}"
-
-
 def print_section(sec: Section) -> None:
     print(f"\n({sec.key}) {sec.title}")
     w = max([44, *(len(r.metric) for r in sec.rows)])
     for r in sec.rows:
-        print(f"  {r.metric:<{w}} {_fmt(r.value):>12} {r.unit:<12} {r.note}")
+        print(f"  {r.metric:<{w}} {number(r.value):>12} {r.unit:<12} {r.note}")
     sys.stdout.flush()
 
 

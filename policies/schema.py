@@ -316,30 +316,8 @@ class Policy(_Model):
         return self.classes[-1].for_
 
 
-class PolicyFile(_Model):
-    """A whole policy file: ``version`` and the policies by name."""
-
-    version: Literal[1] = 1
-    policies: dict[Name, Policy]
-
-    @field_validator("policies")
-    @classmethod
-    def _not_empty(cls, value: dict[str, Policy]) -> dict[str, Policy]:
-        if not value:
-            raise ValueError("no policies: define at least one")
-        return value
-
-
-class _Classes(BaseModel):
-    """Only the classes of a policy whose other parts are malformed, so that the rules
-    between classes are still checked and reported in the same run."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True, hide_input_in_errors=True)
-    classes: list[RetentionClass] = Field(min_length=1)
-
-
-class _FileShape(_Model):
-    """The top level of a file, checked before each policy is checked on its own."""
+class _FileBase(_Model):
+    """What every reading of a policy file holds: ``version`` and at least one policy."""
 
     version: Literal[1] = 1
     policies: dict[Name, Any]
@@ -350,6 +328,24 @@ class _FileShape(_Model):
         if not value:
             raise ValueError("no policies: define at least one")
         return value
+
+
+class PolicyFile(_FileBase):
+    """A whole policy file: ``version`` and the policies by name."""
+
+    policies: dict[Name, Policy]
+
+
+class _Classes(BaseModel):
+    """Only the classes of a policy whose other parts are malformed, so that the rules
+    between classes are still checked and reported in the same run."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, hide_input_in_errors=True)
+    classes: list[RetentionClass] = Field(min_length=1)
+
+
+class _FileShape(_FileBase):
+    """The top level of a file, checked before each policy is checked on its own."""
 
 
 # --- rules across fields ----------------------------------------------------------------

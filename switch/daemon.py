@@ -507,7 +507,8 @@ class Switch:
         vol = live.volume
         secondary = Path(vol.directory)
         markers = sorted(vol.markers.values(), key=lambda m: m.seq)
-        iqns = {iqn.lower() for iqn, _, _ in self._exported(volume=live.name)}
+        exported = self._exported(volume=live.name)
+        iqns = {iqn.lower() for iqn, _, _ in exported}
         return {
             "name": live.name, "size": vol.num_blocks * vol.block_size,
             "block_size": vol.block_size, "seq": vol.seq,
@@ -519,7 +520,7 @@ class Switch:
             "secondary_used": slow["secondary_used"], "secondary_free": slow["secondary_free"],
             "reads": vol.reads, "writes": vol.writes, "read_bytes": vol.read_bytes,
             "written_bytes": vol.written_bytes,
-            "exported": [f"{i}/tpg{t}/lun{n}" for i, t, n in self._exported(volume=live.name)],
+            "exported": [f"{i}/tpg{t}/lun{n}" for i, t, n in exported],
             "sessions": self._sessions_on(iqns), "busy": live.busy,
             "offline": live.lu.offline,
             "policy": slow["policy"],

@@ -195,17 +195,10 @@ def read_layered(vol: Volume, changes: np.ndarray, starts: list[int], lba: int,
             covered += stop - start
     # The common small read: all of it in the baseline, or all in one log record.
     if not pieces:
-        if hole:
-            return bytes(count * bs)
-        return _pad(fs.pread(vol._baseline, count * bs, lba * bs), count * bs)
+        return _baseline_bytes(vol, lba, count, hole)
     if covered == count and len(pieces) == 1 and pieces[0][2] != ext.ZERO_SEG:
         _, _, p_seg, p_off = pieces[0]
-        data = fs.pread(vol.segment_fh(p_seg), count * bs, p_off)
-        if len(data) != count * bs:
-            raise CorruptLogError(f"log segment {p_seg} is shorter than its map says"
-                                  f" (offset {p_off}, {count * bs} bytes)", segment=p_seg,
-                                  offset=p_off)
-        return data
+        return _log_bytes(vol, p_seg, p_off, count * bs)
     buf = bytearray(count * bs)  # zeros: a read past the end of a sparse file stays so
     view = memoryview(buf)
     if covered < count and not hole:
@@ -216,14 +209,31 @@ def read_layered(vol: Volume, changes: np.ndarray, starts: list[int], lba: int,
         if p_seg == ext.ZERO_SEG:
             view[a: a + n] = bytes(n)
         elif fs.readinto(vol.segment_fh(p_seg), view[a: a + n], p_off) != n:
-            raise CorruptLogError(f"log segment {p_seg} is shorter than its map says"
-                              f" (offset {p_off}, {n} bytes)", segment=p_seg, offset=p_off)
+            raise _short_log(p_seg, p_off, n)
     return buf
 
 
-def _pad(data: bytes, size: int) -> bytes:
-    """A short read past the end of a sparse file is zeros."""
+def _baseline_bytes(vol: Volume, lba: int, count: int, hole: bool) -> bytes:
+    """Blocks [lba, lba+count) of the baseline alone; ``hole``: known to be zeros."""
+    size = count * vol.block_size
+    if hole:
+        return bytes(size)
+    data = vol.files.pread(vol._baseline, size, lba * vol.block_size)
+    # A short read past the end of a sparse file is zeros.
     return data if len(data) == size else data + bytes(size - len(data))
+
+
+def _log_bytes(vol: Volume, seg: int, off: int, size: int) -> bytes:
+    """``size`` bytes of log segment ``seg`` at ``off``, where a map says data is."""
+    data = vol.files.pread(vol.segment_fh(seg), size, off)
+    if len(data) != size:
+        raise _short_log(seg, off, size)
+    return data
+
+
+def _short_log(seg: int, off: int, n: int) -> CorruptLogError:
+    return CorruptLogError(f"log segment {seg} is shorter than its map says (offset {off},"
+                           f" {n} bytes)", segment=seg, offset=off)
 
 
 class _Lookup(NamedTuple):
@@ -312,18 +322,10 @@ class PointInTimeView:
             bs = self._bs
             size = count * bs
             if i < 0 or look.ends[i] <= lba:
-                if look.baseline_hole(lba * bs, end * bs):
-                    return bytes(size)
-                return _pad(vol.files.pread(vol._baseline, size, lba * bs), size)
+                return _baseline_bytes(vol, lba, count, look.baseline_hole(lba * bs, end * bs))
             seg = look.segs[i]
             if look.ends[i] >= end and seg != ext.ZERO_SEG:
-                off = look.offs[i] + (lba - starts[i]) * bs
-                data = vol.files.pread(vol.segment_fh(seg), size, off)
-                if len(data) != size:
-                    raise CorruptLogError(f"log segment {seg} is shorter than its map says"
-                                          f" (offset {off}, {size} bytes)", segment=seg,
-                                          offset=off)
-                return data
+                return _log_bytes(vol, seg, look.offs[i] + (lba - starts[i]) * bs, size)
         return read_layered(vol, look.map, starts, lba, count,
                             look.baseline_hole(lba * self._bs, end * self._bs))
 
