@@ -6,16 +6,24 @@ them inline (page-cache I/O costs microseconds; a thread hop per command costs
 far more), and only :meth:`BlockDevice.flush` may block on the disk.
 
 Offsets and lengths are in blocks of :attr:`BlockDevice.block_size` bytes.
+
+A device may also offer ``read_span(lba, count) -> FileSpan | None``: where the
+blocks lie, as they are now, in one region of a real file, so that a transport
+can send them with ``sendfile`` instead of copying them through a buffer. None
+means "call read" (the blocks are not one plain file region just now).
 """
 
 from __future__ import annotations
 
 import os
+import threading
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from volume_manager.errors import AlignmentError, OutOfRangeError, ReadOnlyError
 
-__all__ = ["BlockDevice", "FileBlockDevice", "check_range"]
+__all__ = ["BlockDevice", "FileBlockDevice", "FileSpan", "SpanSource", "SpanSourceClosed",
+           "check_range"]
 
 
 @runtime_checkable
@@ -44,6 +52,97 @@ class BlockDevice(Protocol):
     def flush(self) -> None:
         """Return once every write acknowledged before the call is durable."""
         ...
+
+
+class SpanSource:
+    """A descriptor that :class:`FileSpan` objects read from, owned by the device that
+    hands them out. It is closed only under its lock, and spans are sent under it, so a
+    device closed by another thread while a span waits to be sent can never make the
+    send read some other file that reused the descriptor number."""
+
+    __slots__ = ("_fd", "_lock")
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            fd, self._fd = self._fd, -1
+            if fd >= 0:
+                os.close(fd)
+
+    def sendfile(self, out_fd: int, offset: int, count: int) -> int:
+        """``os.sendfile`` of up to ``count`` bytes at ``offset`` to the non-blocking
+        socket ``out_fd``; raises BlockingIOError as it does, and SpanSourceClosed once
+        the device is closed."""
+        with self._lock:
+            if self._fd < 0:
+                raise SpanSourceClosed("the device behind this read was closed")
+            return os.sendfile(out_fd, self._fd, offset, count)
+
+    def pread(self, length: int, offset: int) -> bytes:
+        with self._lock:
+            if self._fd < 0:
+                raise SpanSourceClosed("the device behind this read was closed")
+            return os.pread(self._fd, length, offset)
+
+
+class SpanSourceClosed(OSError):
+    """A span's device was closed before the span was sent: its data is gone."""
+
+
+@dataclass(frozen=True, slots=True)
+class FileSpan:
+    """``length`` bytes at ``offset`` of a :class:`SpanSource`: read data a transport may
+    send straight from the page cache (``os.sendfile``) instead of copying it through a
+    buffer.
+
+    The bytes are those of the file when they are sent (over loopback, when the peer
+    copies them), not when the span was made. They are still the read's result because
+    nothing the host ordered before the read's completion can change them by then: see
+    ``Volume.read_span``. A transport that needs the bytes themselves (digests, a partial
+    send handed to a buffering transport) calls :meth:`read`."""
+
+    source: SpanSource
+    offset: int
+    length: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, key: slice) -> FileSpan:
+        start, stop, step = key.indices(self.length)
+        if step != 1:
+            raise ValueError("a file span slices with step 1 only")
+        return FileSpan(self.source, self.offset + start, max(stop - start, 0))
+
+    def read(self) -> bytes:
+        """The bytes now; zeros past the end of the file."""
+        data = self.source.pread(self.length, self.offset)
+        if len(data) < self.length:
+            data += bytes(self.length - len(data))
+        return data
+
+    def send(self, out_fd: int) -> int:
+        """Send as much as the socket takes now; returns the bytes sent (0 when it is
+        full). Raises OSError for a broken connection or SpanSourceClosed."""
+        sent, left, offset = 0, self.length, self.offset
+        while left:
+            try:
+                n = self.source.sendfile(out_fd, offset, left)
+            except (BlockingIOError, InterruptedError):
+                break
+            if n == 0:  # the file ended early: the caller sends the rest, as zeros
+                break
+            sent += n
+            offset += n
+            left -= n
+        return sent
 
 
 def check_range(lba: int, count: int, num_blocks: int) -> None:

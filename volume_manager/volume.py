@@ -38,7 +38,7 @@ from crc32c import crc32c
 
 from volume_manager import extents as ext
 from volume_manager import mapcodec
-from volume_manager.blockdev import blocks_in, check_range
+from volume_manager.blockdev import FileSpan, SpanSource, blocks_in, check_range
 from volume_manager.catalog import Catalog, MapRow, MarkerRow
 from volume_manager.errors import (
     CorruptMapError,
@@ -251,6 +251,11 @@ class Volume:
         self.uuid = bytes.fromhex(str(cat.get("uuid")))
         self.primary_path = str(cat.get("primary"))
         self._primary = self.files.open(self.primary_path)
+        # Spans need a real descriptor (the crash simulator's handles are not), of their
+        # own: see SpanSource.
+        self._spans = (SpanSource(os.dup(self._primary))
+                       if isinstance(self.files, OsFiles) else None)  # fmt: skip
+        self._primary_len = 0  # bytes the primary file is known to hold (read_span)
         self._baseline = self.files.open(os.path.join(self.directory, BASELINE))
         self._segments: dict[int, _Segment] = {}
         self._pending = PendingMap(self.block_size)
@@ -304,6 +309,32 @@ class Volume:
         if len(data) < count * bs:  # a primary file shorter than its size is sparse
             data += bytes(count * bs - len(data))
         return data
+
+    def read_span(self, lba: int, count: int) -> FileSpan | None:
+        """Where ``count`` blocks at ``lba`` lie in the primary file, for a transport to
+        send with ``sendfile`` (blockdev.py); None when :meth:`read` must answer: some
+        of them are unapplied writes (served from the log), the primary file is shorter
+        (its sparse tail reads as zeros), or the file layer is not the real one.
+
+        Safe because the primary only changes by applying writes the host sent before
+        this read (they are unapplied now, so the range is refused) or after it, which
+        the host cannot order before the read's completion unless it waits for it."""
+        check_range(lba, count, self.num_blocks)
+        bs = self.block_size
+        end = (lba + count) * bs
+        with self._lock:
+            if self._closed:
+                raise VolumeClosedError("volume is closed")
+            spans = self._spans
+            if spans is None or self._pending.overlaps(lba, count):
+                return None
+            if end > self._primary_len:
+                self._primary_len = self.files.size(self._primary)
+                if end > self._primary_len:
+                    return None
+        self.reads += 1
+        self.read_bytes += count * bs
+        return FileSpan(spans, lba * bs, count * bs)
 
     def write(self, lba: int, data: bytes | bytearray | memoryview, *, fua: bool = False,
               flags: int = 0) -> int:
@@ -824,6 +855,8 @@ class Volume:
         for s in self._segments.values():
             self.files.close(s.fh)
         self._segments.clear()
+        if self._spans is not None:
+            self._spans.close()
         self.files.close(self._primary)
         self.files.close(self._baseline)
         self.catalog.close()

@@ -54,6 +54,7 @@ from dataclasses import dataclass, replace
 from typing import TypedDict
 
 from target.scsi.command import ScsiCommand, ScsiResponse
+from volume_manager.blockdev import FileSpan
 
 from .cmdsn import CmdWindow, Verdict, serial_lt
 from .discovery import VisibleTarget, reject_text, select_targets, send_targets_text
@@ -88,6 +89,7 @@ from .pdu import (
     NopIn,
     NopOut,
     Opcode,
+    OutBuffer,
     Pdu,
     Reject,
     SCSICommand,
@@ -121,6 +123,7 @@ _FINAL = 0x80
 # EDTL, CmdSN (ExpStatSN and the CDB are read separately).
 _LANE_BHS = struct.Struct(">BBxxIQIII")
 _F_READ, _F_WRITE = 0xC0, 0xA0  # F+R, F+W (ATTR is ignored: all tasks are SIMPLE here)
+_ATTR, _SIMPLE = 0x07, 0x01  # task attribute bits; untagged (0) and SIMPLE (1) may overlap
 # Runs a command at once if it can (see Connection._lane); None: not taken, nothing done.
 InlineExecutor = Callable[[object, ScsiCommand], ScsiResponse | None]
 DEFAULT_MAX_WRITE = 64 << 20  # largest EDTL a write may allocate a buffer for
@@ -190,6 +193,7 @@ class Connection:
         max_write_length: int = DEFAULT_MAX_WRITE,
         hard_cap: int = DEFAULT_HARD_CAP,
         inline: InlineExecutor | None = None,
+        file_spans: bool = False,
     ) -> None:
         self.portal = portal
         self.state = ConnState.LOGIN
@@ -208,7 +212,7 @@ class Connection:
         self._nop = nop or NopPolicy()
         self._max_write = max_write_length
         self._statsn = 0
-        self._out: list[Buffer] = []
+        self._out: list[OutBuffer] = []
         self._events: list[Event] = []
         self._held: dict[int, Pdu | None] = {}  # early CmdSN -> request (None: consumed)
         self._next_ttt = 1
@@ -221,6 +225,9 @@ class Connection:
         self._advertised_max = 0
         self._inline = inline
         self._lun_numbers: dict[int, int] = {}  # LUN field -> LUN number, for the lane
+        # The shell sends FileSpan buffers (sendfile): reads may answer with them.
+        self._file_spans = file_spans
+        self.spans_queued = False  # a FileSpan is among the buffers to send
 
     # --- the shell's interface ----------------------------------------------------------
 
@@ -294,6 +301,7 @@ class Connection:
         write_limit = (min(params.target_max_recv_dsl, params.first_burst_length)
                        if params.immediate_data else -1)  # fmt: skip
         nexus = self.nexus
+        spans = self._file_spans
         while end - pos >= BHS_LEN:
             b0, flags, word, lun_field, itt, edtl, cmdsn = _LANE_BHS.unpack_from(view, pos)
             if b0 != Opcode.SCSI_COMMAND or word > MAX_DSL:  # immediate, other PDU, or AHS
@@ -315,7 +323,8 @@ class Connection:
             if lu is None:
                 break
             cdb = bytes(view[pos + 32 : pos + BHS_LEN])
-            response = inline(lu, ScsiCommand(cdb, data_out, edtl, nexus))
+            response = inline(lu, ScsiCommand(cdb, data_out, edtl, nexus,
+                                              spans and flags & _ATTR <= _SIMPLE))
             if response is None:
                 break
             window.advance()
@@ -347,9 +356,10 @@ class Connection:
             self._close("connection closed by the initiator")
         return self._take_events()
 
-    def data_to_send(self) -> list[Buffer]:
+    def data_to_send(self) -> list[OutBuffer]:
         """Buffers to send, in order, for one ``sendmsg``; clears the queue."""
         out, self._out = self._out, []
+        self.spans_queued = False
         return out
 
     def complete(self, task_tag: int, response: ScsiResponse) -> None:
@@ -373,7 +383,13 @@ class Connection:
                     and size <= params.max_burst_length:
                 self._send_read_data(task.lun_field, task.itt, response.data_in, size)
                 return
-        data = memoryview(response.data_in if task.read else b"").cast("B")
+        data_in = response.data_in if task.read else b""
+        data: memoryview | FileSpan
+        if isinstance(data_in, FileSpan):
+            data = data_in
+            self.spans_queued = True
+        else:
+            data = memoryview(data_in).cast("B")
         limit = task.bidi_read_length if task.write and task.bidi_read_length else task.edtl
         data = data[:limit]
         inline = (data.nbytes > 0 and response.sense is None
@@ -399,10 +415,12 @@ class Connection:
             **self._seq(),
         ))  # fmt: skip
 
-    def _send_read_data(self, lun_field: int, itt: int, data: bytes | bytearray | memoryview,
-                        size: int) -> None:
+    def _send_read_data(self, lun_field: int, itt: int,
+                        data: bytes | bytearray | memoryview | FileSpan, size: int) -> None:
         """The common read: all data in one Data-In PDU carrying GOOD status (11.7.1),
         packed directly; the caller checked it fits one PDU and one burst."""
+        if type(data) is FileSpan:
+            self.spans_queued = True
         header = _DATA_IN_WITH_STATUS.pack(
             Opcode.SCSI_DATA_IN, _DATA_IN_FINAL_STATUS, size, lun_field, itt,
             NO_TAG, self._next_statsn(), self.window.exp_cmdsn, self._max())  # fmt: skip
@@ -531,6 +549,10 @@ class Connection:
         lun = decode_lun(pdu.lun)
         task = Task(pdu.itt, pdu.cmdsn, pdu.lun, lun, self.luns.get(lun), bytes(pdu.cdb),
                     pdu.read, pdu.write, pdu.edtl, pdu.immediate, pdu.bidi_read_length)  # fmt: skip
+        # A span is sent as it is when the peer copies it: only for a task that need not
+        # finish before later ones start (ATTR SIMPLE or untagged), without data digest.
+        task.spans_ok = (self._file_spans and not self._digests[1] and not pdu.write
+                         and pdu.attr <= _SIMPLE)  # fmt: skip
         self.tasks[pdu.itt] = task
         if not pdu.write:  # immediate data on a non-write is ignored (docs/iscsi.md 7)
             self._execute(task, None)
@@ -567,7 +589,7 @@ class Connection:
         task.executing = True
         command = ScsiCommand(cdb=task.cdb, data_out=data_out,
                               expected_length=task.edtl if task.read or task.write else 0,
-                              nexus=self.nexus)  # fmt: skip
+                              nexus=self.nexus, spans_ok=task.spans_ok)  # fmt: skip
         self._events.append(ExecuteCommand(task.itt, task.lun, task.lu, command))
 
     def _fail_task(self, task: Task, sense: SenseTuple) -> None:

@@ -22,6 +22,8 @@ Theory of operation (RFC 7143 section 11; docs/iscsi.md sections 1-2):
 
 from __future__ import annotations
 
+from volume_manager.blockdev import FileSpan
+
 from .errors import PduRejected, RejectReason
 from .pdu_base import (
     BHS_LEN,
@@ -35,6 +37,7 @@ from .pdu_base import (
     LogoutReason,
     LogoutResponseCode,
     Opcode,
+    OutBuffer,
     Pdu,
     Stage,
     TaskAttribute,
@@ -91,6 +94,7 @@ __all__ = [
     "NopIn",
     "NopOut",
     "Opcode",
+    "OutBuffer",
     "Pdu",
     "Reject",
     "SCSICommand",
@@ -128,23 +132,27 @@ TARGET_PDUS: dict[int, type[Pdu]] = {
 _PADDING = (b"", b"\0\0\0", b"\0\0", b"\0")  # indexed by length % 4
 
 
-def encode(pdu: Pdu, *, header_digest: bool = False, data_digest: bool = False) -> list[Buffer]:
+def encode(pdu: Pdu, *, header_digest: bool = False,
+           data_digest: bool = False) -> list[OutBuffer]:  # fmt: skip
     """The buffers of one PDU on the wire, for ``socket.sendmsg`` (RFC 7143 section 11.2).
 
     The data segment object is placed in the list as given, never copied or joined."""
     return frame(pdu.header(), pdu.data_segment, header_digest, data_digest)
 
 
-def frame(header: bytes, data: Buffer, header_digest: bool, data_digest: bool) -> list[Buffer]:
+def frame(header: bytes, data: OutBuffer, header_digest: bool,
+          data_digest: bool) -> list[OutBuffer]:  # fmt: skip
     """The wire buffers of a packed header and its data segment: digests and padding."""
     if header_digest:
         header += digest_bytes(crc32c(header))
-    out: list[Buffer] = [header]
+    out: list[OutBuffer] = [header]
     size = nbytes(data)
     if size:
         out.append(data)
         pad = _PADDING[size & 3]
         if data_digest:  # the digest covers data and padding (section 13.1)
+            if isinstance(data, FileSpan):  # the connection asks for none with digests
+                raise TypeError("a data digest needs the bytes, not a file span")
             out.append(pad + digest_bytes(crc32c(pad, crc32c(data))))
         elif pad:
             out.append(pad)

@@ -13,6 +13,8 @@ from typing import ClassVar, Self
 
 import crc32c as _crc32c
 
+from volume_manager.blockdev import FileSpan
+
 from .errors import LocalProtocolError, PduRejected, RejectReason
 
 __all__ = [
@@ -29,6 +31,7 @@ __all__ = [
     "LogoutReason",
     "LogoutResponseCode",
     "Opcode",
+    "OutBuffer",
     "Pdu",
     "Stage",
     "TaskAttribute",
@@ -45,6 +48,8 @@ __all__ = [
 ]
 
 Buffer = bytes | bytearray | memoryview
+# What may go out on the wire: a Data-In segment may be a file span, sent with sendfile.
+OutBuffer = bytes | bytearray | memoryview | FileSpan
 
 BHS_LEN = 48
 NO_TAG = 0xFFFFFFFF  # the reserved tag value (RFC 7143 section 11.1: ITT/TTT "0xffffffff")
@@ -220,7 +225,7 @@ def length_word(ahs_len: int, data_len: int) -> int:
     return (ahs_len // 4) << 24 | data_len
 
 
-def nbytes(buf: Buffer) -> int:
+def nbytes(buf: OutBuffer) -> int:
     return buf.nbytes if isinstance(buf, memoryview) else len(buf)
 
 
@@ -234,7 +239,7 @@ class Pdu:
     itt: int = NO_TAG
 
     @property
-    def data_segment(self) -> Buffer:
+    def data_segment(self) -> OutBuffer:
         return b""
 
     def _ahs(self) -> bytes:

@@ -17,6 +17,7 @@ from .pdu_base import (
     Buffer,
     LogoutResponseCode,
     Opcode,
+    OutBuffer,
     Pdu,
     Stage,
     TmfResponse,
@@ -263,7 +264,7 @@ class DataIn(_TargetStatus):
     datasn: int = 0
     buffer_offset: int = 0
     residual: int = 0
-    data: Buffer = b""
+    data: OutBuffer = b""  # a FileSpan only as the target sends it (sendfile)
 
     def __post_init__(self) -> None:
         if self.has_status and not self.final:
@@ -272,7 +273,7 @@ class DataIn(_TargetStatus):
             raise LocalProtocolError("overflow and underflow are exclusive")
 
     @property
-    def data_segment(self) -> Buffer:
+    def data_segment(self) -> OutBuffer:
         return self.data
 
     def _pack(self, word: int) -> bytes:

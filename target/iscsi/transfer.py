@@ -30,8 +30,12 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .pdu import NO_TAG, DataIn, DataOut
+
+if TYPE_CHECKING:
+    from volume_manager.blockdev import FileSpan
 
 __all__ = [
     "SEQUENCE_TRANSITIONS",
@@ -231,7 +235,7 @@ class DataInPlan:
 
 
 def data_in_pdus(
-    data: memoryview,
+    data: memoryview | FileSpan,
     *,
     itt: int,
     lun: int,
@@ -288,6 +292,7 @@ class Task:
     bidi_read_length: int | None = None
     transfer: WriteTransfer | None = None
     executing: bool = False
+    spans_ok: bool = False  # its read data may be a FileSpan (ScsiCommand.spans_ok)
 
     @property
     def r2t_count(self) -> int:

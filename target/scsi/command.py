@@ -13,6 +13,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 
 from target.scsi.sense import ScsiStatus
+from volume_manager.blockdev import FileSpan
 
 __all__ = ["Outcome", "ScsiCommand", "ScsiResponse"]
 
@@ -24,12 +25,17 @@ class ScsiCommand:
     ``expected_length`` is the EDTL in the direction the transport's R/W flag
     allows (0 when the flag is absent). ``nexus`` is an opaque, hashable I_T
     nexus key from the transport (e.g. initiator name + ISID + target port).
+    ``spans_ok``: the transport can send read data given as a
+    :class:`volume_manager.blockdev.FileSpan` (it sends with ``sendfile``, computes no
+    data digest, and the task need not complete before later ones start), so a large
+    plain read may answer with a span instead of bytes.
     """
 
     cdb: bytes | memoryview
     data_out: bytes | memoryview | None = None
     expected_length: int = 0
     nexus: Hashable = None
+    spans_ok: bool = False
 
 
 @dataclass(slots=True)
@@ -43,7 +49,7 @@ class ScsiResponse:
     """
 
     status: ScsiStatus
-    data_in: bytes | bytearray | memoryview = b""
+    data_in: bytes | bytearray | memoryview | FileSpan = b""
     sense: bytes | None = None
     residual_overflow: int = 0  # the command wanted this many bytes more than EDTL
     residual_underflow: int = 0  # EDTL exceeds what the command transferred by this much

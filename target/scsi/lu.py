@@ -78,6 +78,9 @@ _UA_EXEMPT = frozenset({Opcode.INQUIRY, Opcode.REPORT_LUNS, Opcode.REQUEST_SENSE
 _FAST_IO = frozenset({Opcode.READ_10, Opcode.READ_16, Opcode.WRITE_10, Opcode.WRITE_16})
 # While offline, the commands that describe the LU (and REQUEST SENSE) still answer.
 _OFFLINE_OK = _UA_EXEMPT
+# Reads at least this large may answer with a file span (ScsiCommand.spans_ok): below it
+# the extra system calls of sending header and data apart cost more than the copy saved.
+SPAN_MIN_BYTES = 64 * 1024
 
 
 # Dispatch by CDB type; block I/O is dispatched again by kind inside sbc.
@@ -284,6 +287,11 @@ class LogicalUnit:
         if cmd.data_out is not None:  # a read sent with the W flag: the full path decides
             return None
         try:
+            if cmd.spans_ok and size >= SPAN_MIN_BYTES:
+                read_span = getattr(device, "read_span", None)
+                span = read_span(lba, blocks) if read_span is not None else None
+                if span is not None:
+                    return ScsiResponse(ScsiStatus.GOOD, span)
             return ScsiResponse(ScsiStatus.GOOD, device.read(lba, blocks))
         except Exception as exc:
             return self._check_condition(_exception_to_check(exc), cmd)

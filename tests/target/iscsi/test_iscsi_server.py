@@ -33,6 +33,7 @@ from target.iscsi.pdu import (
     LoginResponse,
     LogoutRequest,
     LogoutResponse,
+    OutBuffer,
     Pdu,
     SCSICommand,
     SCSIResponse,
@@ -43,6 +44,7 @@ from target.iscsi.pdu import (
 from target.iscsi.server import IscsiServer, Target, _remainder, start_server
 from target.scsi.lu import LogicalUnit
 from volume_manager import FileBlockDevice, Volume
+from volume_manager.blockdev import FileSpan
 
 INITIATOR = "iqn.2026-11.org.test:server-test"
 BLOCK = 512
@@ -302,6 +304,112 @@ def test_pipelined_reads_larger_than_the_socket_buffer(
     asyncio.run(scenario())
     volume.close()
     assert partial, "the socket buffer never filled: the partial-send path was not exercised"
+
+
+def test_large_reads_go_out_as_file_spans_even_when_the_socket_fills(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reads of applied data leave by sendfile (FileSpan); when the socket buffer fills in
+    the middle of one, the rest is read into bytes for the transport. The client reads
+    nothing until all commands are in, then gets every byte, in order."""
+    spans: list[int] = []
+    leftovers: list[int] = []
+    real_read_span, real_materialized = Volume.read_span, server_module._materialized
+
+    def read_span(self: Volume, lba: int, count: int) -> FileSpan | None:
+        span = real_read_span(self, lba, count)
+        if span is not None:
+            spans.append(span.length)
+        return span
+
+    def materialized(buffers: Sequence[OutBuffer]) -> list[Buffer]:
+        leftovers.append(sum(1 for b in buffers if isinstance(b, FileSpan)))
+        return real_materialized(buffers)
+
+    monkeypatch.setattr(Volume, "read_span", read_span)
+    monkeypatch.setattr(server_module, "_materialized", materialized)
+    volume = new_volume(tmp_path)
+    content = os.urandom(4 << 20)
+    volume.write(0, content)
+    volume.flush()  # applied: the primary holds the data, so reads may be spans
+
+    async def scenario() -> None:
+        server = await serve(volume)
+        client = await Client.connect(server.port)
+        await client.login()
+        await client.command(TEST_UNIT_READY)  # consume the unit attention
+        blocks = len(content) // BLOCK
+        itts = []
+        for i in range(6):
+            itt = client.next_itt()
+            itts.append(itt)
+            client.send(SCSICommand(itt=itt, cmdsn=client.cmdsn, read=True, edtl=len(content),
+                                    cdb=read10(0, blocks).ljust(16, b"\0")))  # fmt: skip
+            client.cmdsn += 1
+            if i == 2:  # a small read between large ones: bytes, in order with the spans
+                itt = client.next_itt()
+                itts.append(itt)
+                client.send(SCSICommand(itt=itt, cmdsn=client.cmdsn, read=True, edtl=BLOCK,
+                                        cdb=read10(1, 1).ljust(16, b"\0")))  # fmt: skip
+                client.cmdsn += 1
+        await asyncio.sleep(0.3)  # let the target fill the socket buffer
+        got: dict[int, bytearray] = {itt: bytearray() for itt in itts}
+        done: list[int] = []
+        while len(done) < len(itts):
+            pdu = await client.recv()
+            assert isinstance(pdu, DataIn)
+            assert pdu.buffer_offset == len(got[pdu.itt])
+            got[pdu.itt] += pdu.data
+            if pdu.has_status:
+                assert pdu.status == 0
+                done.append(pdu.itt)
+        assert done == itts
+        for data in got.values():
+            assert bytes(data) == (content[BLOCK : 2 * BLOCK] if len(data) == BLOCK
+                                   else content)  # fmt: skip
+        await client.close()
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(scenario())
+    volume.close()
+    assert len(spans) == 6 and all(n == len(content) for n in spans)
+    assert any(leftovers), "the socket never filled during a span: the fallback was not run"
+
+
+def test_a_span_whose_volume_closed_drops_the_connection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FAULT INJECTION (the race cannot be timed for real): the volume closes between the
+    read and the send of its span. The target must drop the connection, never send the
+    bytes of whatever file took the descriptor, nor zeros with GOOD status."""
+    real_read_span = Volume.read_span
+
+    def read_span_then_close(self: Volume, lba: int, count: int) -> FileSpan | None:
+        span = real_read_span(self, lba, count)
+        assert span is not None
+        span.source.close()  # what Volume.close does to it from another thread
+        return span
+
+    monkeypatch.setattr(Volume, "read_span", read_span_then_close)
+    volume = new_volume(tmp_path)
+    volume.write(0, b"\x5a" * (1 << 20))
+    volume.flush()
+
+    async def scenario() -> None:
+        server = await serve(volume)
+        client = await Client.connect(server.port)
+        await client.login()
+        await client.command(TEST_UNIT_READY)
+        with pytest.raises(ConnectionError):
+            reply = await client.command(read10(0, (1 << 20) // BLOCK), read=1 << 20)
+            raise AssertionError(f"answered {reply.status} with {len(reply.data)} bytes")
+        await client.close()
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(scenario())
+    volume.close()
 
 
 class SlowFlushDevice(FileBlockDevice):
