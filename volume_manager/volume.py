@@ -251,6 +251,7 @@ class Volume:
         self.uuid = bytes.fromhex(str(cat.get("uuid")))
         self.primary_path = str(cat.get("primary"))
         self._primary = self.files.open(self.primary_path)
+        self._pread = self.files.pread  # bound once: read is the hot path
         # Spans need a real descriptor (the crash simulator's handles are not), of their
         # own: see SpanSource.
         self._spans = (SpanSource(os.dup(self._primary))
@@ -293,21 +294,22 @@ class Volume:
 
     # ---------------------------------------------------------------- hot path
     def read(self, lba: int, count: int) -> bytes:
-        check_range(lba, count, self.num_blocks)
-        bs = self.block_size
+        if lba < 0 or count < 0 or lba + count > self.num_blocks:
+            check_range(lba, count, self.num_blocks)
+        size = count * self.block_size
         self.reads += 1
-        self.read_bytes += count * bs
+        self.read_bytes += size
         with self._lock:
             if self._closed:
                 raise VolumeClosedError("volume is closed")
-            data = self.files.pread(self._primary, count * bs, lba * bs)
+            data = self._pread(self._primary, size, lba * self.block_size)
             if self._pending.overlaps(lba, count):
                 buf = bytearray(data)
-                buf.extend(bytes(count * bs - len(buf)))
-                self._pending.overlay(lba, count, buf, self.files.pread)
+                buf.extend(bytes(size - len(buf)))
+                self._pending.overlay(lba, count, buf, self._pread)
                 return bytes(buf)
-        if len(data) < count * bs:  # a primary file shorter than its size is sparse
-            data += bytes(count * bs - len(data))
+        if len(data) < size:  # a primary file shorter than its size is sparse
+            data += bytes(size - len(data))
         return data
 
     def read_span(self, lba: int, count: int) -> FileSpan | None:

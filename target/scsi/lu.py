@@ -46,6 +46,7 @@ import logging
 import uuid as uuidlib
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
+from typing import cast
 
 from target.scsi import opcodes, reservations, sbc, spc
 from target.scsi.cdb import Opcode, decode
@@ -60,7 +61,7 @@ from target.scsi.sense import (
     SenseKey,
     build_sense,
 )
-from volume_manager.blockdev import BlockDevice
+from volume_manager.blockdev import BlockDevice, FileSpan
 from volume_manager.errors import (
     AlignmentError,
     EngineError,
@@ -76,6 +77,9 @@ log = logging.getLogger(__name__)
 # Commands that neither report nor clear a pending unit attention ([SAM-5] 5.14).
 _UA_EXEMPT = frozenset({Opcode.INQUIRY, Opcode.REPORT_LUNS, Opcode.REQUEST_SENSE})
 _FAST_IO = frozenset({Opcode.READ_10, Opcode.READ_16, Opcode.WRITE_10, Opcode.WRITE_16})
+# Plain ints: the hot paths compare opcodes without IntEnum's slower equality.
+_READ_10, _READ_16 = int(Opcode.READ_10), int(Opcode.READ_16)
+_WRITE_10, _WRITE_16 = int(Opcode.WRITE_10), int(Opcode.WRITE_16)
 # While offline, the commands that describe the LU (and REQUEST SENSE) still answer.
 _OFFLINE_OK = _UA_EXEMPT
 # Reads at least this large may answer with a file span (ScsiCommand.spans_ok): below it
@@ -250,51 +254,79 @@ class LogicalUnit:
         the bulk of the traffic."""
         cdb = cmd.cdb
         op = cdb[0]
-        if op == Opcode.READ_10 or op == Opcode.WRITE_10:
+        if op in (_READ_10, _READ_16):
+            if cmd.data_out is not None:  # a read sent with the W flag: the full path
+                return None
+            data_in = self.fast_read(cdb, cmd.expected_length, cmd.nexus, cmd.spans_ok)
+            return None if data_in is None else ScsiResponse(ScsiStatus.GOOD, data_in)
+        if op == _WRITE_10:
             if len(cdb) < 10 or cdb[6] or cdb[9]:
                 return None
             lba = int.from_bytes(cdb[2:6], "big")
-            blocks = int.from_bytes(cdb[7:9], "big")
-        elif op == Opcode.READ_16 or op == Opcode.WRITE_16:
+            blocks = cdb[7] << 8 | cdb[8]
+        elif op == _WRITE_16:
             if len(cdb) < 16 or cdb[14] or cdb[15]:
                 return None
             lba = int.from_bytes(cdb[2:10], "big")
             blocks = int.from_bytes(cdb[10:14], "big")
         else:
             return None
-        write = op == Opcode.WRITE_10 or op == Opcode.WRITE_16
-        if cdb[1] & (0xEF if write else 0xE7):
+        if cdb[1] & 0xEF:
             return None
         device = self.device
         size = blocks * device.block_size
         if (not blocks or size != cmd.expected_length or size > MAX_TRANSFER_BYTES
-                or lba + blocks > device.num_blocks):
+                or lba + blocks > device.num_blocks or not self._plain_for(cmd.nexus)):
             return None
-        res = self.reservations
-        if res.reservation is not None or res.spc2_holder is not None or self.offline:
-            return None
-        if not self.unit_attentions.none_for(cmd.nexus):
-            return None
-        if write:
-            data = cmd.data_out
-            if data is None or len(data) != size or not self.mode.wce or device.read_only:
-                return None
-            try:
-                device.write(lba, data)
-            except Exception as exc:  # the same mapping to sense data as the full path
-                return self._check_condition(_exception_to_check(exc), cmd)
-            return ScsiResponse(ScsiStatus.GOOD)
-        if cmd.data_out is not None:  # a read sent with the W flag: the full path decides
+        data_out = cmd.data_out
+        if data_out is None or len(data_out) != size or not self.mode.wce or device.read_only:
             return None
         try:
-            if cmd.spans_ok and size >= SPAN_MIN_BYTES:
+            device.write(lba, data_out)
+        except Exception as exc:  # the same mapping to sense data as the full path
+            return self._check_condition(_exception_to_check(exc), cmd)
+        return ScsiResponse(ScsiStatus.GOOD)
+
+    def fast_read(self, cdb: bytes | memoryview, edtl: int, nexus: Hashable,
+                  spans_ok: bool = False) -> bytes | bytearray | FileSpan | None:
+        """The data of a plain READ (10)/(16) (as ``fast_io`` defines plain), or None
+        having done nothing: the full path answers it then, errors included (a read can
+        run twice). The transport's per-read entry: no command or response objects.
+        ``spans_ok`` as in ``ScsiCommand``."""
+        op = cdb[0]
+        if op == _READ_10:
+            if len(cdb) < 10 or cdb[1] & 0xE7 or cdb[6] or cdb[9]:
+                return None
+            lba = int.from_bytes(cdb[2:6], "big")
+            blocks = cdb[7] << 8 | cdb[8]
+        elif op == _READ_16:
+            if len(cdb) < 16 or cdb[1] & 0xE7 or cdb[14] or cdb[15]:
+                return None
+            lba = int.from_bytes(cdb[2:10], "big")
+            blocks = int.from_bytes(cdb[10:14], "big")
+        else:
+            return None
+        device = self.device
+        size = blocks * device.block_size
+        if (not blocks or size != edtl or size > MAX_TRANSFER_BYTES
+                or lba + blocks > device.num_blocks or not self._plain_for(nexus)):
+            return None
+        try:
+            if spans_ok and size >= SPAN_MIN_BYTES:
                 read_span = getattr(device, "read_span", None)
                 span = read_span(lba, blocks) if read_span is not None else None
                 if span is not None:
-                    return ScsiResponse(ScsiStatus.GOOD, span)
-            return ScsiResponse(ScsiStatus.GOOD, device.read(lba, blocks))
-        except Exception as exc:
-            return self._check_condition(_exception_to_check(exc), cmd)
+                    return cast(FileSpan, span)
+            data = device.read(lba, blocks)
+        except Exception:  # the full path runs it again and reports the error
+            return None
+        return data if len(data) == size else None
+
+    def _plain_for(self, nexus: Hashable) -> bool:
+        """No reservation, online, no unit attention pending for ``nexus``."""
+        res = self.reservations
+        return (res.reservation is None and res.spc2_holder is None and self.offline is None
+                and self.unit_attentions.none_for(nexus))
 
     def _run(self, cmd: ScsiCommand) -> Outcome:
         opcode = cmd.cdb[0] if len(cmd.cdb) else -1

@@ -127,7 +127,8 @@ def _stream(script: list[tuple[str, dict[str, object]]], cmdsn: int = 1,
 
 def _serve(lane: bool, lu: LogicalUnit) -> Initiator:
     conn = Connection(portal(), luns=lambda target: {0: lu}, initial_statsn=1000,
-                      inline=_inline if lane else None)  # fmt: skip
+                      inline=_inline if lane else None,
+                      inline_read=LogicalUnit.fast_read if lane else None)  # type: ignore[arg-type]  # fmt: skip
     ini = Initiator(conn)
     assert ini.login().status_class == 0
     return ini

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from scsi_helpers import (
     BS,
     EXPECT_GOOD,
@@ -12,6 +14,7 @@ from scsi_helpers import (
     EXPECT_LBA_OOB,
     EXPECT_WRITE_PROTECTED,
     NBLOCKS,
+    NEXUS,
     READ,
     WRITE,
     Sense,
@@ -26,9 +29,10 @@ from scsi_helpers import (
     volume,
 )
 
+from target.scsi.command import ScsiCommand, ScsiResponse
 from target.scsi.inquiry import MAX_TRANSFER_BYTES
 from target.scsi.lu import LogicalUnit
-from target.scsi.sense import ScsiStatus
+from target.scsi.sense import Asc, ScsiStatus
 
 SIZES = (6, 10, 12, 16)
 SIZES_PROTECT = (10, 12, 16)  # READ(6)/WRITE(6) have no flags byte
@@ -216,3 +220,46 @@ def test_transfer_longer_than_block_limits_maximum(tmp_path: Path, size: int, by
     assert sense_of(resp) == EXPECT_INVALID_FIELD_IN_CDB
     assert field_pointer(resp.sense or b"")[:2] == (True, byte)
     assert sense_of(run(lu, rw(size, READ[size], 1, max_blocks), edtl=BS)) == EXPECT_GOOD
+
+
+
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(op=st.sampled_from([0x28, 0x88, 0x2A, 0x8A]), lba=st.integers(0, NBLOCKS + 2),
+       blocks=st.integers(0, 4), flags=st.sampled_from([0, 0x08, 0x10, 0x18, 0x02, 0x20, 0x04]),
+       control=st.sampled_from([0, 0x04]), edtl_delta=st.sampled_from([0, 0, 0, BS, -BS]),
+       pending=st.sampled_from([None, None, "ua", "offline"]))
+def test_fast_paths_answer_like_the_full_path(tmp_path: Path, op: int, lba: int, blocks: int,
+                                              flags: int, control: int, edtl_delta: int,
+                                              pending: str | None) -> None:
+    """fast_io and fast_read (the transports' per-command entries) either decline, having
+    done nothing, or give exactly what the full decode-and-run path gives."""
+    cdb = bytearray(rw(10 if op in (0x28, 0x2A) else 16, op, lba, blocks, flags))
+    cdb[-1] = control  # not plain unless 0
+    edtl = max(blocks * BS + edtl_delta, 0)
+    write = op in (0x2A, 0x8A)
+    data_out = pattern(0, NBLOCKS + 4, seed=9)[:edtl] if write else None
+    answers = []
+    for fast in (True, False):
+        lu = ready_lu(file_device(tmp_path, name=f"fast{fast}.img"))
+        lu.device.write(0, pattern(0, NBLOCKS, seed=3))
+        if pending == "ua":
+            lu.unit_attentions.establish(Asc.MODE_PARAMETERS_CHANGED)
+        elif pending == "offline":
+            lu.take_offline("test")
+        cmd = ScsiCommand(bytes(cdb), data_out, edtl, NEXUS)
+        if fast:
+            if not write:
+                data = lu.fast_read(bytes(cdb), edtl, NEXUS)
+                assert data is None or lu.fast_io(cmd) == ScsiResponse(ScsiStatus.GOOD, data)
+            response = lu.fast_io(cmd)
+            if response is None:  # declined: nothing was done, the full path answers
+                assert lu.device.read(0, NBLOCKS) == pattern(0, NBLOCKS, seed=3)
+                assert lu.unit_attentions.none_for(NEXUS) == (pending != "ua")
+                response = lu.execute(cmd)
+        else:
+            lu.fast_io = lambda cmd: None  # type: ignore[method-assign]
+            response = lu.execute(cmd)
+        answers.append((response, lu.device.read(0, NBLOCKS)))
+        lu.device.close()  # type: ignore[attr-defined]
+    assert answers[0] == answers[1]
