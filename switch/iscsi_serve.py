@@ -32,7 +32,7 @@ from typing import Any, cast
 
 from switch.tuning import tune_allocator
 from target.iscsi.chap import ChapConfig, ChapCredentials
-from target.iscsi.server import Target, start_server
+from target.iscsi.server import DEFAULT_POLL_WINDOW, Target, start_server
 from target.scsi.lu import LogicalUnit
 from volume_manager import BlockDevice, Volume
 
@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--iqn", default=DEFAULT_IQN)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=3260, help="0 picks a free port")
+    parser.add_argument("--poll-us", type=float, default=DEFAULT_POLL_WINDOW * 1e6,
+                        metavar="US",
+                        help="microseconds the loop keeps polling after a receive (0: off)")
     parser.add_argument("--allow", action="append", metavar="INITIATOR",
                         help="admit only these initiator IQNs (repeatable)")
     parser.add_argument("--chap", metavar="USER", help="CHAP user; secret: $CDPSWITCH_CHAP_SECRET")
@@ -94,12 +97,14 @@ def open_volume(directory: str, primary: str | None, size: int | None) -> Volume
 
 async def serve(volume: Volume, iqn: str, host: str, port: int, *,
                 chap: ChapConfig | None = None, discovery_chap: ChapConfig | None = None,
-                allowed: frozenset[str] | None = None) -> None:
+                allowed: frozenset[str] | None = None,
+                poll_us: float = DEFAULT_POLL_WINDOW * 1e6) -> None:
     # Volume.write returns the record's sequence number where the interface says None.
     device = cast(BlockDevice, volume)
     lu = LogicalUnit(device, uuid=uuid.UUID(bytes=volume.uuid), target_name=iqn)
     target = Target(iqn, {0: lu}, chap=chap, allowed_initiators=allowed)
-    server = await start_server([target], host, port, discovery_chap=discovery_chap)
+    server = await start_server([target], host, port, discovery_chap=discovery_chap,
+                                poll_window=poll_us / 1e6)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -136,7 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     volume = open_volume(args.volume, args.primary, args.size)
     try:
         _runner()(serve(volume, args.iqn, args.host, args.port, chap=chap,
-                        discovery_chap=discovery_chap, allowed=allowed))
+                        discovery_chap=discovery_chap, allowed=allowed,
+                        poll_us=args.poll_us))
     finally:
         volume.close()
     return 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -404,6 +405,37 @@ def test_a_span_whose_volume_closed_drops_the_connection(
         with pytest.raises(ConnectionError):
             reply = await client.command(read10(0, (1 << 20) // BLOCK), read=1 << 20)
             raise AssertionError(f"answered {reply.status} with {len(reply.data)} bytes")
+        await client.close()
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(scenario())
+    volume.close()
+
+
+@pytest.mark.parametrize("window", [0.0, 0.05])
+def test_the_loop_polls_for_its_window_after_a_command_then_sleeps(tmp_path: Path,
+                                                                    window: float) -> None:
+    """After a receive the loop keeps polling for the poll window, and no longer: an idle
+    target burns no CPU. A window of 0 never polls."""
+    volume = new_volume(tmp_path)
+
+    async def scenario() -> None:
+        lu = LogicalUnit(volume, uuid=uuid.UUID(bytes=volume.uuid),  # type: ignore[arg-type]
+                         target_name=IQN)  # fmt: skip
+        server = await start_server([Target(IQN, {0: lu})], "127.0.0.1", 0, grace=5.0,
+                                    poll_window=window)  # fmt: skip
+        client = await Client.connect(server.port)
+        await client.login()
+        await client.command(TEST_UNIT_READY)
+        assert server.polling == (window > 0)  # the answer came back inside the window
+        await asyncio.sleep(window + 0.05)
+        assert not server.polling
+        before = time.process_time()
+        await asyncio.sleep(0.3)  # idle: a loop still polling would use most of this
+        assert time.process_time() - before < 0.1
+        reply = await client.command(read10(0, 8), read=8 * BLOCK)
+        assert reply.status == 0 and server.polling == (window > 0)
         await client.close()
         server.close()
         await server.wait_closed()
