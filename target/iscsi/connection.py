@@ -115,6 +115,7 @@ _GOOD, _CHECK_CONDITION, _CONDITION_MET = 0x00, 0x02, 0x04
 _DATA_IN_WITH_STATUS = struct.Struct(">BBxxIQIIIII12x")
 _DATA_IN_FINAL_STATUS = 0x81
 _SCSI_COMMAND, _SCSI_DATA_IN = int(Opcode.SCSI_COMMAND), int(Opcode.SCSI_DATA_IN)  # lane speed
+_SCSI_RESPONSE = int(Opcode.SCSI_RESPONSE)
 # SCSI Response, GOOD, no data: opcode, flags (F), response 0, status 0, length word 0,
 # reserved, ITT, SNACK Tag 0, StatSN, ExpCmdSN, MaxCmdSN, ExpDataSN, residuals 0
 # (the layout of pdu_target.SCSIResponse).
@@ -129,6 +130,9 @@ _ATTR, _SIMPLE = 0x07, 0x01  # task attribute bits; untagged (0) and SIMPLE (1) 
 InlineExecutor = Callable[[object, ScsiCommand], ScsiResponse | None]
 # (lu, cdb, edtl, nexus, spans_ok) -> the data of a plain read, or None having done nothing
 InlineReader = Callable[[object, bytes, int, object, bool], "bytes | bytearray | FileSpan | None"]
+# (lu, cdb, data, nexus) -> True once a plain write is done; False having done nothing. It may
+# raise: the write did nothing then, and the general path runs it again to answer.
+InlineWriter = Callable[[object, bytes, memoryview, object], bool]
 DEFAULT_MAX_WRITE = 64 << 20  # largest EDTL a write may allocate a buffer for
 
 
@@ -197,6 +201,7 @@ class Connection:
         hard_cap: int = DEFAULT_HARD_CAP,
         inline: InlineExecutor | None = None,
         inline_read: InlineReader | None = None,
+        inline_write: InlineWriter | None = None,
         file_spans: bool = False,
     ) -> None:
         self.portal = portal
@@ -229,6 +234,7 @@ class Connection:
         self._advertised_max = 0
         self._inline = inline
         self._inline_read = inline_read
+        self._inline_write = inline_write
         self._lun_numbers: dict[int, int] = {}  # LUN field -> LUN number, for the lane
         # The shell sends FileSpan buffers (sendfile): reads may answer with them.
         self._file_spans = file_spans
@@ -307,7 +313,7 @@ class Connection:
                        if params.immediate_data else -1)  # fmt: skip
         nexus = self.nexus
         spans = self._file_spans
-        read = self._inline_read
+        read, write = self._inline_read, self._inline_write
         out = self._out
         while end - pos >= BHS_LEN:
             b0, flags, word, lun_field, itt, edtl, cmdsn = _LANE_BHS.unpack_from(view, pos)
@@ -347,6 +353,20 @@ class Connection:
                 out.append(data)  # whole blocks: no padding; the lane runs without digests
                 if type(data) is FileSpan:
                     self.spans_queued = True
+                continue
+            if data_out is not None and write is not None:
+                try:
+                    if not write(lu, cdb, data_out, nexus):
+                        break
+                except Exception:  # it did nothing: the general path answers it
+                    break
+                window.advance()
+                pos += size
+                statsn = self._statsn
+                self._statsn = (statsn + 1) & 0xFFFFFFFF
+                self._advertised_max = max_cmdsn = window.max_cmdsn
+                out.append(_GOOD_RESPONSE.pack(_SCSI_RESPONSE, _FINAL, itt, statsn,
+                                               window.exp_cmdsn, max_cmdsn, 0))  # fmt: skip
                 continue
             response = inline(lu, ScsiCommand(cdb, data_out, edtl, nexus,
                                               spans and flags & _ATTR <= _SIMPLE))

@@ -61,7 +61,7 @@ from target.scsi.target_luns import execute_without_lu
 from volume_manager.blockdev import FileSpan, SpanSourceClosed
 
 from .chap import ChapConfig
-from .connection import Connection, InlineReader, NopPolicy
+from .connection import Connection, InlineReader, InlineWriter, NopPolicy
 from .discovery import Portal, VisibleTarget
 from .events import (
     CloseConnection,
@@ -179,6 +179,7 @@ class IscsiProtocol(asyncio.BufferedProtocol):
             visible_targets=lambda initiator: server.visible_to(initiator, local),
             allocate_tsih=server.allocate_tsih, nop=server.nop, inline=_inline,
             inline_read=cast(InlineReader, LogicalUnit.fast_read),
+            inline_write=cast(InlineWriter, LogicalUnit.fast_write),
             file_spans=self._sock is not None and server.file_spans,
         )  # fmt: skip
         server.connections.add(self)

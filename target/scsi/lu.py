@@ -259,33 +259,46 @@ class LogicalUnit:
                 return None
             data_in = self.fast_read(cdb, cmd.expected_length, cmd.nexus, cmd.spans_ok)
             return None if data_in is None else ScsiResponse(ScsiStatus.GOOD, data_in)
-        if op == _WRITE_10:
-            if len(cdb) < 10 or cdb[6] or cdb[9]:
-                return None
-            lba = int.from_bytes(cdb[2:6], "big")
-            blocks = cdb[7] << 8 | cdb[8]
-        elif op == _WRITE_16:
-            if len(cdb) < 16 or cdb[14] or cdb[15]:
-                return None
-            lba = int.from_bytes(cdb[2:10], "big")
-            blocks = int.from_bytes(cdb[10:14], "big")
-        else:
-            return None
-        if cdb[1] & 0xEF:
-            return None
-        device = self.device
-        size = blocks * device.block_size
-        if (not blocks or size != cmd.expected_length or size > MAX_TRANSFER_BYTES
-                or lba + blocks > device.num_blocks or not self._plain_for(cmd.nexus)):
+        if op != _WRITE_10 and op != _WRITE_16:
             return None
         data_out = cmd.data_out
-        if data_out is None or len(data_out) != size or not self.mode.wce or device.read_only:
+        if data_out is None or len(data_out) != cmd.expected_length:
             return None
         try:
-            device.write(lba, data_out)
+            if not self.fast_write(cdb, data_out, cmd.nexus):
+                return None
         except Exception as exc:  # the same mapping to sense data as the full path
             return self._check_condition(_exception_to_check(exc), cmd)
         return ScsiResponse(ScsiStatus.GOOD)
+
+    def fast_write(self, cdb: bytes | memoryview, data: bytes | memoryview,
+                   nexus: Hashable) -> bool:
+        """Write a plain WRITE (10)/(16) whose data (all of EDTL) is ``data``, as
+        ``fast_io`` defines plain; False having done nothing when it is not plain. The
+        device's errors propagate: a write that failed did nothing (the engine's rule),
+        so the full path may run it again to report them. The transport's per-write
+        entry: no command or response objects."""
+        op = cdb[0]
+        if op == _WRITE_10:
+            if len(cdb) < 10 or cdb[1] & 0xEF or cdb[6] or cdb[9]:
+                return False
+            lba = int.from_bytes(cdb[2:6], "big")
+            blocks = cdb[7] << 8 | cdb[8]
+        elif op == _WRITE_16:
+            if len(cdb) < 16 or cdb[1] & 0xEF or cdb[14] or cdb[15]:
+                return False
+            lba = int.from_bytes(cdb[2:10], "big")
+            blocks = int.from_bytes(cdb[10:14], "big")
+        else:
+            return False
+        device = self.device
+        size = blocks * device.block_size
+        if (not blocks or size != len(data) or size > MAX_TRANSFER_BYTES
+                or lba + blocks > device.num_blocks or not self.mode.wce or device.read_only
+                or not self._plain_for(nexus)):
+            return False
+        device.write(lba, data)
+        return True
 
     def fast_read(self, cdb: bytes | memoryview, edtl: int, nexus: Hashable,
                   spans_ok: bool = False) -> bytes | bytearray | FileSpan | None:

@@ -10,6 +10,7 @@ and the volumes afterwards, must be identical byte for byte.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import struct
 import uuid
@@ -23,11 +24,13 @@ from iscsi_initiator import Initiator, portal
 
 from target.iscsi.cmdsn import serial_le
 from target.iscsi.connection import Connection
+from target.iscsi.events import ExecuteCommand
 from target.iscsi.framing import PduReader, Sender
 from target.iscsi.pdu import DataIn, NopOut, SCSICommand, encode
 from target.scsi.command import ScsiCommand, ScsiResponse
 from target.scsi.lu import LogicalUnit
 from volume_manager import Volume, VolumeOptions
+from volume_manager.blockdev import FileBlockDevice
 
 BS = 512
 
@@ -128,7 +131,8 @@ def _stream(script: list[tuple[str, dict[str, object]]], cmdsn: int = 1,
 def _serve(lane: bool, lu: LogicalUnit) -> Initiator:
     conn = Connection(portal(), luns=lambda target: {0: lu}, initial_statsn=1000,
                       inline=_inline if lane else None,
-                      inline_read=LogicalUnit.fast_read if lane else None)  # type: ignore[arg-type]  # fmt: skip
+                      inline_read=LogicalUnit.fast_read if lane else None,  # type: ignore[arg-type]
+                      inline_write=LogicalUnit.fast_write if lane else None)  # type: ignore[arg-type]  # fmt: skip
     ini = Initiator(conn)
     assert ini.login().status_class == 0
     return ini
@@ -217,3 +221,30 @@ def test_lane_takes_plain_commands_and_leaves_the_rest(tmp_path: Path) -> None:
         assert len(events) == 1  # the general path: an ExecuteCommand
     finally:
         vol.close()
+
+
+class _BrokenDisk(FileBlockDevice):
+    """FAULT INJECTION: a disk whose writes fail (an I/O error cannot be had on demand)."""
+
+    def write(self, lba: int, data: bytes | bytearray | memoryview, *, fua: bool = False) -> None:
+        raise OSError(errno.EIO, "injected I/O error")
+
+
+def test_a_write_that_fails_in_the_lane_is_answered_by_the_general_path(tmp_path: Path) -> None:
+    """The lane's write raises: nothing was done, so the general path runs the command again
+    and answers CHECK CONDITION, the same as a connection without the lane."""
+    (tmp_path / "disk").write_bytes(bytes(64 * BS))
+    answers = []
+    for lane in (False, True):
+        lu = ready_lu(_BrokenDisk(tmp_path / "disk", block_size=BS),  # type: ignore[arg-type]
+                      nexus=_nexus_of(lane))  # fmt: skip
+        ini = _serve(lane, lu)
+        script = [("cmd", dict(cdb=_cdb(0x2A, 3, 1), write=True, edtl=BS, data=b"\x11" * BS))]
+        events = ini.raw(_stream(script))
+        for event in events:  # the shell's part: run what the general path handed over
+            assert isinstance(event, ExecuteCommand)
+            ini.conn.complete(event.task_tag, lu.execute(event.command))
+        replies = _decode(b"".join(bytes(b) for b in ini.conn.data_to_send()))
+        assert len(replies) == 1
+        answers.append((replies[0].status, bytes(replies[0].data)))
+    assert answers[0] == answers[1] and answers[0][0] == 0x02  # CHECK CONDITION
