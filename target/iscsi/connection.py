@@ -342,14 +342,10 @@ class Connection:
                 data = read(lu, cdb, edtl, nexus, spans and flags & _ATTR <= _SIMPLE)
                 if data is None:
                     break
-                window.advance()
                 pos += size
-                statsn = self._statsn
-                self._statsn = (statsn + 1) & 0xFFFFFFFF
-                self._advertised_max = max_cmdsn = window.max_cmdsn
                 out.append(_DATA_IN_WITH_STATUS.pack(
-                    _SCSI_DATA_IN, _DATA_IN_FINAL_STATUS, edtl, lun_field, itt,
-                    NO_TAG, statsn, window.exp_cmdsn, max_cmdsn))  # fmt: skip
+                    _SCSI_DATA_IN, _DATA_IN_FINAL_STATUS, edtl, lun_field, itt, NO_TAG,
+                    *self._lane_took()))  # fmt: skip
                 out.append(data)  # whole blocks: no padding; the lane runs without digests
                 if type(data) is FileSpan:
                     self.spans_queued = True
@@ -360,13 +356,9 @@ class Connection:
                         break
                 except Exception:  # it did nothing: the general path answers it
                     break
-                window.advance()
                 pos += size
-                statsn = self._statsn
-                self._statsn = (statsn + 1) & 0xFFFFFFFF
-                self._advertised_max = max_cmdsn = window.max_cmdsn
-                out.append(_GOOD_RESPONSE.pack(_SCSI_RESPONSE, _FINAL, itt, statsn,
-                                               window.exp_cmdsn, max_cmdsn, 0))  # fmt: skip
+                out.append(_GOOD_RESPONSE.pack(_SCSI_RESPONSE, _FINAL, itt, *self._lane_took(),
+                                               0))  # fmt: skip
                 continue
             response = inline(lu, ScsiCommand(cdb, data_out, edtl, nexus,
                                               spans and flags & _ATTR <= _SIMPLE))
@@ -389,6 +381,16 @@ class Connection:
             tasks[itt] = task
             self.complete(itt, response)
         return pos
+
+    def _lane_took(self) -> tuple[int, int, int]:
+        """The lane answered the next command with status: (StatSN, ExpCmdSN, MaxCmdSN)
+        for its response, the window moved on past it."""
+        window = self.window
+        window.advance()
+        statsn = self._statsn
+        self._statsn = (statsn + 1) & 0xFFFFFFFF
+        self._advertised_max = max_cmdsn = window.max_cmdsn
+        return statsn, window.exp_cmdsn, max_cmdsn
 
     @property
     def open(self) -> bool:

@@ -154,6 +154,22 @@ def _exception_to_check(exc: Exception) -> CheckCondition:
     return CheckCondition(SenseKey.HARDWARE_ERROR, Asc.INTERNAL_TARGET_FAILURE)
 
 
+def _plain_rw(cdb: bytes | memoryview, op10: int, op16: int,
+              flag_mask: int) -> tuple[int, int] | None:
+    """(LBA, blocks) of a READ or WRITE (10)/(16) with no byte-1 flags in ``flag_mask``,
+    group and control 0; None for anything else."""
+    op = cdb[0]
+    if op == op10:
+        if len(cdb) < 10 or cdb[1] & flag_mask or cdb[6] or cdb[9]:
+            return None
+        return int.from_bytes(cdb[2:6], "big"), cdb[7] << 8 | cdb[8]
+    if op == op16:
+        if len(cdb) < 16 or cdb[1] & flag_mask or cdb[14] or cdb[15]:
+            return None
+        return int.from_bytes(cdb[2:10], "big"), int.from_bytes(cdb[10:14], "big")
+    return None
+
+
 class LogicalUnit:
     """One direct-access LU. Single-threaded: call ``execute`` from one thread only."""
 
@@ -278,19 +294,10 @@ class LogicalUnit:
         device's errors propagate: a write that failed did nothing (the engine's rule),
         so the full path may run it again to report them. The transport's per-write
         entry: no command or response objects."""
-        op = cdb[0]
-        if op == _WRITE_10:
-            if len(cdb) < 10 or cdb[1] & 0xEF or cdb[6] or cdb[9]:
-                return False
-            lba = int.from_bytes(cdb[2:6], "big")
-            blocks = cdb[7] << 8 | cdb[8]
-        elif op == _WRITE_16:
-            if len(cdb) < 16 or cdb[1] & 0xEF or cdb[14] or cdb[15]:
-                return False
-            lba = int.from_bytes(cdb[2:10], "big")
-            blocks = int.from_bytes(cdb[10:14], "big")
-        else:
+        where = _plain_rw(cdb, _WRITE_10, _WRITE_16, 0xEF)  # DPO allowed: FUA must flush
+        if where is None:
             return False
+        lba, blocks = where
         device = self.device
         size = blocks * device.block_size
         if (not blocks or size != len(data) or size > MAX_TRANSFER_BYTES
@@ -306,19 +313,10 @@ class LogicalUnit:
         having done nothing: the full path answers it then, errors included (a read can
         run twice). The transport's per-read entry: no command or response objects.
         ``spans_ok`` as in ``ScsiCommand``."""
-        op = cdb[0]
-        if op == _READ_10:
-            if len(cdb) < 10 or cdb[1] & 0xE7 or cdb[6] or cdb[9]:
-                return None
-            lba = int.from_bytes(cdb[2:6], "big")
-            blocks = cdb[7] << 8 | cdb[8]
-        elif op == _READ_16:
-            if len(cdb) < 16 or cdb[1] & 0xE7 or cdb[14] or cdb[15]:
-                return None
-            lba = int.from_bytes(cdb[2:10], "big")
-            blocks = int.from_bytes(cdb[10:14], "big")
-        else:
+        where = _plain_rw(cdb, _READ_10, _READ_16, 0xE7)  # DPO and FUA allowed
+        if where is None:
             return None
+        lba, blocks = where
         device = self.device
         size = blocks * device.block_size
         if (not blocks or size != edtl or size > MAX_TRANSFER_BYTES

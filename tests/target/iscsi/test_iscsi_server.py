@@ -254,6 +254,31 @@ def test_unknown_lun_is_answered_without_an_lu(tmp_path: Path) -> None:
     volume.close()
 
 
+async def _pipelined_reads(client: Client, reads: list[tuple[int, int]]) -> list[bytes]:
+    """Send READ (10) for each (lba, bytes) at once, wait for the target to fill the socket
+    buffer, then read every answer; they must come complete, GOOD and in order."""
+    itts = []
+    for lba, size in reads:
+        itt = client.next_itt()
+        itts.append(itt)
+        client.send(SCSICommand(itt=itt, cmdsn=client.cmdsn, read=True, edtl=size,
+                                cdb=read10(lba, size // BLOCK).ljust(16, b"\0")))  # fmt: skip
+        client.cmdsn += 1
+    await asyncio.sleep(0.3)  # let the target fill the socket buffer
+    got: dict[int, bytearray] = {itt: bytearray() for itt in itts}
+    done: list[int] = []
+    while len(done) < len(itts):
+        pdu = await client.recv()
+        assert isinstance(pdu, DataIn)
+        assert pdu.buffer_offset == len(got[pdu.itt])
+        got[pdu.itt] += pdu.data
+        if pdu.has_status:
+            assert pdu.status == 0
+            done.append(pdu.itt)
+    assert done == itts
+    return [bytes(got[itt]) for itt in itts]
+
+
 def test_pipelined_reads_larger_than_the_socket_buffer(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -277,27 +302,8 @@ def test_pipelined_reads_larger_than_the_socket_buffer(
         client = await Client.connect(server.port)
         await client.login()
         await client.command(TEST_UNIT_READY)  # consume the unit attention
-        blocks = len(content) // BLOCK
-        itts = []
-        for _ in range(4):
-            itt = client.next_itt()
-            itts.append(itt)
-            client.send(SCSICommand(itt=itt, cmdsn=client.cmdsn, read=True, edtl=len(content),
-                                    cdb=read10(0, blocks).ljust(16, b"\0")))  # fmt: skip
-            client.cmdsn += 1
-        await asyncio.sleep(0.3)  # let the target fill the socket buffer
-        got: dict[int, bytearray] = {itt: bytearray() for itt in itts}
-        done: list[int] = []
-        while len(done) < len(itts):
-            pdu = await client.recv()
-            assert isinstance(pdu, DataIn)
-            assert pdu.buffer_offset == len(got[pdu.itt])
-            got[pdu.itt] += pdu.data
-            if pdu.has_status:
-                assert pdu.status == 0
-                done.append(pdu.itt)
-        assert done == itts
-        assert all(bytes(data) == content for data in got.values())
+        got = await _pipelined_reads(client, [(0, len(content))] * 4)
+        assert all(data == content for data in got)
         await client.close()
         server.close()
         await server.wait_closed()
@@ -339,35 +345,10 @@ def test_large_reads_go_out_as_file_spans_even_when_the_socket_fills(
         client = await Client.connect(server.port)
         await client.login()
         await client.command(TEST_UNIT_READY)  # consume the unit attention
-        blocks = len(content) // BLOCK
-        itts = []
-        for i in range(6):
-            itt = client.next_itt()
-            itts.append(itt)
-            client.send(SCSICommand(itt=itt, cmdsn=client.cmdsn, read=True, edtl=len(content),
-                                    cdb=read10(0, blocks).ljust(16, b"\0")))  # fmt: skip
-            client.cmdsn += 1
-            if i == 2:  # a small read between large ones: bytes, in order with the spans
-                itt = client.next_itt()
-                itts.append(itt)
-                client.send(SCSICommand(itt=itt, cmdsn=client.cmdsn, read=True, edtl=BLOCK,
-                                        cdb=read10(1, 1).ljust(16, b"\0")))  # fmt: skip
-                client.cmdsn += 1
-        await asyncio.sleep(0.3)  # let the target fill the socket buffer
-        got: dict[int, bytearray] = {itt: bytearray() for itt in itts}
-        done: list[int] = []
-        while len(done) < len(itts):
-            pdu = await client.recv()
-            assert isinstance(pdu, DataIn)
-            assert pdu.buffer_offset == len(got[pdu.itt])
-            got[pdu.itt] += pdu.data
-            if pdu.has_status:
-                assert pdu.status == 0
-                done.append(pdu.itt)
-        assert done == itts
-        for data in got.values():
-            assert bytes(data) == (content[BLOCK : 2 * BLOCK] if len(data) == BLOCK
-                                   else content)  # fmt: skip
+        # A small read between large ones: bytes, in order with the spans.
+        reads = [(0, len(content))] * 3 + [(1, BLOCK)] + [(0, len(content))] * 3
+        got = await _pipelined_reads(client, reads)
+        assert got == [content[lba * BLOCK : lba * BLOCK + n] for lba, n in reads]
         await client.close()
         server.close()
         await server.wait_closed()
