@@ -114,8 +114,7 @@ _GOOD, _CHECK_CONDITION, _CONDITION_MET = 0x00, 0x02, 0x04
 # DataSN, Buffer Offset, Residual Count all zero (the layout of pdu_target.DataIn).
 _DATA_IN_WITH_STATUS = struct.Struct(">BBxxIQIIIII12x")
 _DATA_IN_FINAL_STATUS = 0x81
-_SCSI_COMMAND, _SCSI_DATA_IN = int(Opcode.SCSI_COMMAND), int(Opcode.SCSI_DATA_IN)  # lane speed
-_SCSI_RESPONSE = int(Opcode.SCSI_RESPONSE)
+_SCSI_COMMAND = int(Opcode.SCSI_COMMAND)  # the lane compares it without IntEnum's equality
 # SCSI Response, GOOD, no data: opcode, flags (F), response 0, status 0, length word 0,
 # reserved, ITT, SNACK Tag 0, StatSN, ExpCmdSN, MaxCmdSN, ExpDataSN, residuals 0
 # (the layout of pdu_target.SCSIResponse).
@@ -314,7 +313,6 @@ class Connection:
         nexus = self.nexus
         spans = self._file_spans
         read, write = self._inline_read, self._inline_write
-        out = self._out
         while end - pos >= BHS_LEN:
             b0, flags, word, lun_field, itt, edtl, cmdsn = _LANE_BHS.unpack_from(view, pos)
             if b0 != _SCSI_COMMAND or word > MAX_DSL:  # immediate, other PDU, or AHS
@@ -337,18 +335,14 @@ class Connection:
                 break
             cdb = bytes(view[pos + 32 : pos + BHS_LEN])
             if data_out is None and read is not None and edtl:
-                # The bulk of reads: data and GOOD status in one Data-In PDU, packed here
-                # (as _send_read_data does) with no command or response objects.
+                # The bulk of reads: data and GOOD status in one Data-In PDU, with no
+                # command or response objects.
                 data = read(lu, cdb, edtl, nexus, spans and flags & _ATTR <= _SIMPLE)
                 if data is None:
                     break
+                window.advance()
                 pos += size
-                out.append(_DATA_IN_WITH_STATUS.pack(
-                    _SCSI_DATA_IN, _DATA_IN_FINAL_STATUS, edtl, lun_field, itt, NO_TAG,
-                    *self._lane_took()))  # fmt: skip
-                out.append(data)  # whole blocks: no padding; the lane runs without digests
-                if type(data) is FileSpan:
-                    self.spans_queued = True
+                self._send_read_data(lun_field, itt, data, edtl)
                 continue
             if data_out is not None and write is not None:
                 try:
@@ -356,9 +350,9 @@ class Connection:
                         break
                 except Exception:  # it did nothing: the general path answers it
                     break
+                window.advance()
                 pos += size
-                out.append(_GOOD_RESPONSE.pack(_SCSI_RESPONSE, _FINAL, itt, *self._lane_took(),
-                                               0))  # fmt: skip
+                self._send_good_status(itt, 0)
                 continue
             response = inline(lu, ScsiCommand(cdb, data_out, edtl, nexus,
                                               spans and flags & _ATTR <= _SIMPLE))
@@ -381,16 +375,6 @@ class Connection:
             tasks[itt] = task
             self.complete(itt, response)
         return pos
-
-    def _lane_took(self) -> tuple[int, int, int]:
-        """The lane answered the next command with status: (StatSN, ExpCmdSN, MaxCmdSN)
-        for its response, the window moved on past it."""
-        window = self.window
-        window.advance()
-        statsn = self._statsn
-        self._statsn = (statsn + 1) & 0xFFFFFFFF
-        self._advertised_max = max_cmdsn = window.max_cmdsn
-        return statsn, window.exp_cmdsn, max_cmdsn
 
     @property
     def open(self) -> bool:
