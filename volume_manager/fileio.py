@@ -52,6 +52,14 @@ class FileLayer(Protocol):
         """
         ...
 
+    def advise_random(self, fh: int) -> None:
+        """A hint: this file is read and rewritten in place at random, in small pieces.
+
+        No effect on what is read or on durability; only on how the kernel caches it
+        (see :meth:`OsFiles.advise_random`).
+        """
+        ...
+
     def fsync_dir(self, path: str) -> None: ...
     def unlink(self, path: str) -> None: ...
     def rename(self, src: str, dst: str) -> None: ...
@@ -118,6 +126,18 @@ class OsFiles:
     def start_writeback(self, fh: int, offset: int, length: int) -> None:
         # SYNC_FILE_RANGE_WRITE: queue the dirty pages for writeback, don't wait.
         _sync_file_range(fh, offset, length, _SYNC_FILE_RANGE_WRITE)
+
+    def advise_random(self, fh: int) -> None:
+        # The primary takes every applied write in place, most of them a few KiB at
+        # scattered offsets. Since Linux 6.16, ext4 caches files in large folios
+        # (up to 2 MiB, made by readahead and by large writes), and a 4 KiB write
+        # into one walks all of its buffer heads, in write_begin, write_end and
+        # again at writeback: 23% of the target's CPU on 4 KiB writes here, about
+        # 30 us per write. No readahead (RANDOM) keeps the pages this file brings in
+        # at 4 KiB; its clean pages already cached, which may be large, are dropped
+        # once, now. Reads of 1 MiB still go to the disk as one request each.
+        os.posix_fadvise(fh, 0, 0, os.POSIX_FADV_RANDOM)
+        os.posix_fadvise(fh, 0, 0, os.POSIX_FADV_DONTNEED)
 
     def data_extents(self, fh: int) -> list[tuple[int, int]]:
         """(offset, length) of the allocated regions, so sparse copies keep holes."""

@@ -280,7 +280,7 @@ def fade(vol: Volume, before: str | Point | int, *, progress: Progress | None = 
         _check_views(vol, 0, p, "fade")
         # A checkpoint at the end of the log first, so that redo after a crash
         # never needs a segment the fade-out deletes.
-        vol._need_checkpoint = True
+        vol.ask_checkpoint()
         vol.flush()
         # Past this point the baseline is being rewritten and there is no way
         # back, only forward (recovery finishes it too): cancel is honoured

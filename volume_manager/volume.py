@@ -160,6 +160,7 @@ class Volume:
         self._lock = threading.Lock()
         self._job_lock = threading.RLock()
         self._commit_lock = threading.Lock()
+        self._primary_lock = threading.Lock()  # the primary's fdatasync and checkpoints
         self._commit_wake = threading.Condition(threading.Lock())
         self._closed = False
         self._failed: BaseException | None = None
@@ -251,6 +252,7 @@ class Volume:
         self.uuid = bytes.fromhex(str(cat.get("uuid")))
         self.primary_path = str(cat.get("primary"))
         self._primary = self.files.open(self.primary_path)
+        self.files.advise_random(self._primary)
         self._pread = self.files.pread  # bound once: read is the hot path
         # Spans need a real descriptor (the crash simulator's handles are not), of their
         # own: see SpanSource.
@@ -268,7 +270,11 @@ class Volume:
         self._tail = TailIndex()
         self._unsynced: set[int] = set()
         self._dir_dirty = False
-        self._need_checkpoint = False
+        # Checkpoint requests (segment rolls, fade-out, close), numbered: the newest
+        # asked for, taken by a commit that will write it, and written; and the
+        # record the newest checkpoint written is at (-1: none since open).
+        self._ck_asked = self._ck_taken = self._ck_done = 0
+        self._ck_seq = -1
         self.markers: dict[str, MarkerRow] = {m.name: m for m in cat.markers()}
         self.maps: list[MapInfo] = [MapInfo(r) for r in cat.maps()]
         recovery.recover(self)
@@ -476,15 +482,20 @@ class Volume:
         self._seg_end = SEGMENT_HEADER_SIZE
         self._wb_pos = 0
         self._dir_dirty = True
-        self._need_checkpoint = True
+        self._ck_asked += 1
 
     # ------------------------------------------------------------ group commit
+    def ask_checkpoint(self) -> None:
+        """Have the next commit write a checkpoint (redo after a crash starts there)."""
+        with self._lock:  # segment rolls ask too, from the writers' thread
+            self._ck_asked += 1
+
     def _commit(self, *, sync_primary: bool) -> None:
         need = self._seq
         with self._commit_lock:
             # Group commit: while this caller waited for the lock, another
             # commit may already have covered everything it needs.
-            if (self._durable_seq >= need and not self._need_checkpoint
+            if (self._durable_seq >= need and self._ck_asked == self._ck_done
                     and (not sync_primary or self._primary_synced >= need)):
                 return
             with self._lock:
@@ -496,6 +507,7 @@ class Volume:
                 self._unsynced.clear()
                 dir_dirty, self._dir_dirty = self._dir_dirty, False
                 next_pos = (self._active.id, self._seg_end)
+                ck_asked = self._ck_asked
             try:
                 for s in segs:
                     self.files.fdatasync(s.fh)
@@ -507,13 +519,29 @@ class Volume:
             with self._lock:
                 self._durable_seq = max(self._durable_seq, target)
                 self._apply(self._pending.take_upto(target))
-            checkpoint = self._need_checkpoint
-            if (sync_primary or checkpoint) and self._primary_synced < target:
+            ck_mine = ck_asked > self._ck_taken
+            if ck_mine:
+                self._ck_taken = ck_asked
+        if not sync_primary and not ck_mine:
+            return  # a writer pushed by the overlay's limit waits for no checkpoint
+        # Outside _commit_lock: the primary's fdatasync writes back every page
+        # applied since the last one (at a segment roll, up to a segment's worth
+        # of scattered blocks, a quarter of a second here), and the next group
+        # commit of the log, which writers may be waiting for, need not wait
+        # for it. The write-ahead rule holds: all of it was applied after its
+        # log records were durable.
+        with self._primary_lock:
+            if self._primary_synced < target:
                 self.files.fdatasync(self._primary)
                 self._primary_synced = target
-            if checkpoint and self._primary_synced >= target:
-                self._need_checkpoint = False
-                self._write_checkpoint(target, next_pos)
+            # A caller of flush() also needs any checkpoint asked for before it
+            # written (fade-out deletes what redo would need otherwise); one at a
+            # newer record written meanwhile serves as well.
+            if ck_asked > self._ck_done:
+                if target > self._ck_seq:
+                    self._write_checkpoint(target, next_pos)
+                    self._ck_seq = target
+                self._ck_done = ck_asked
 
     def _apply(self, pieces: list[Piece]) -> None:
         """Write applied records to the primary, in sequence order. Records that follow
@@ -601,7 +629,7 @@ class Volume:
                 if now - last < interval and self._pending.bytes <= self._soft_limit:
                     continue
                 last = now
-                if self._seq > self._durable_seq or self._need_checkpoint:
+                if self._seq > self._durable_seq or self._ck_asked > self._ck_done:
                     self._commit(sync_primary=False)
             except VolumeClosedError:
                 return
@@ -839,7 +867,7 @@ class Volume:
             for v in list(self.views):
                 v.close()  # type: ignore[attr-defined]
             if self._failed is None:
-                self._need_checkpoint = True
+                self.ask_checkpoint()
                 self.flush()
             self._shutdown()
 

@@ -126,3 +126,69 @@ def test_early_writeback_runs_in_the_committer_not_the_writer(tmp_path: Path) ->
         assert vol.read(0, 8) == bytes([1]) * 4096
     finally:
         vol.close()
+
+
+class SlowPrimaryFiles(OsFiles):
+    """The real file layer; once armed, the primary's next fdatasync waits for a signal
+    (the disk writing back a segment's worth of scattered primary blocks, made slow
+    on purpose so the test can look at what happens meanwhile)."""
+
+    def __init__(self) -> None:
+        self.primary = -1
+        self.armed = False
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def fdatasync(self, fh: int) -> None:  # type: ignore[override]
+        if fh == self.primary and self.armed:
+            self.armed = False
+            self.entered.set()
+            assert self.release.wait(30)
+        os.fdatasync(fh)
+
+
+def test_a_checkpoint_syncing_the_primary_does_not_hold_up_log_commits(tmp_path: Path) -> None:
+    """A segment roll asks for a checkpoint, whose primary fdatasync can take a quarter
+    of a second; a writer pushed into a commit by the overlay's hard limit meanwhile
+    must get its log durable without waiting for that, while flush() still waits for
+    the checkpoint and the primary."""
+    files = SlowPrimaryFiles()
+    vol = Volume.create(str(tmp_path / "sec"), str(tmp_path / "p.img"), size=1 << 24,
+                        files=files, options=VolumeOptions(commit_interval=None))
+    files.primary = vol._primary
+    try:
+        vol.write(0, b"a" * 4096)
+        vol.ask_checkpoint()
+        files.armed = True
+        first = threading.Thread(target=vol._commit, kwargs={"sync_primary": False})
+        first.start()
+        assert files.entered.wait(10)
+        # The checkpoint's commit is inside the primary's fdatasync now.
+        seq = vol.write(8, b"b" * 4096)
+        done = threading.Event()
+
+        def writer_commit() -> None:
+            vol._commit(sync_primary=False)
+            done.set()
+
+        second = threading.Thread(target=writer_commit)
+        second.start()
+        assert done.wait(10), "a log commit waited for the primary's checkpoint sync"
+        assert vol._durable_seq >= seq
+        assert first.is_alive()
+
+        flushed = threading.Event()
+        third = threading.Thread(target=lambda: (vol.flush(), flushed.set()))
+        third.start()
+        time.sleep(0.2)
+        assert not flushed.is_set(), "flush() returned before the primary was durable"
+        files.release.set()
+        for t in (first, second, third):
+            t.join(10)
+        assert flushed.is_set()
+        assert vol._primary_synced >= seq
+        assert vol._ck_done == vol._ck_asked
+        assert vol.catalog.get_int("checkpoint_seq") >= 1
+    finally:
+        files.release.set()
+        vol.close()

@@ -162,7 +162,7 @@ class WriteAheadViolator(Observed):
             if dir_dirty:
                 self.files.fsync_dir(self.log_dir)
             self._durable_seq = max(self._durable_seq, target)
-            self._need_checkpoint = False
+            self._ck_taken = self._ck_done = self._ck_asked
 
 
 # ------------------------------------------------------------------ workloads
