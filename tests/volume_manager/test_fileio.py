@@ -1,4 +1,5 @@
-"""The real file layer's caching hint, looked at through mincore(2)."""
+"""The real file layer's caching hints, and how a volume uses them for its primary,
+looked at through mincore(2)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import ctypes
 import ctypes.util
 import mmap
 import os
+import time
 from pathlib import Path
 
 from volume_manager import Volume
@@ -69,18 +71,76 @@ def test_advise_random_drops_the_cached_pages_and_keeps_the_data(tmp_path: Path)
         files.close(fh)
 
 
-def test_a_volume_opens_its_primary_with_the_hint(tmp_path: Path) -> None:
+def resident_range(path: Path, start: int, end: int) -> int:
+    """Pages of [start, end) in the page cache."""
+    size = path.stat().st_size
+    pages = (size + _PAGE - 1) // _PAGE
+    vec = (ctypes.c_ubyte * pages)()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        addr = _libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        try:
+            assert _libc.mincore(addr, size, vec) == 0, os.strerror(ctypes.get_errno())
+        finally:
+            _libc.munmap(addr, size)
+    finally:
+        os.close(fd)
+    return sum(b & 1 for b in vec[start // _PAGE : end // _PAGE])
+
+
+def opened_cold(tmp_path: Path, size: int) -> tuple[Volume, Path, bytes]:
+    """A volume over a primary of ``size`` random bytes (also returned), none of them
+    cached."""
     primary = tmp_path / "p.img"
-    cached_file(primary, 2 << 20)
+    cached_file(primary, size)
     Volume.create(str(tmp_path / "sec"), str(primary)).close()
-    with primary.open("rb") as f:
-        f.read()
+    data = primary.read_bytes()
     assert resident_pages(primary) > 0
     vol = Volume.open(str(tmp_path / "sec"))
+    assert resident_pages(primary) == 0
+    return vol, primary, data
+
+
+def wait_resident(path: Path, start: int, end: int, want: int) -> int:
+    deadline = time.monotonic() + 10  # the prefetch is asynchronous
+    while (n := resident_range(path, start, end)) < want and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return n
+
+
+def test_a_volume_opens_its_primary_with_the_hint(tmp_path: Path) -> None:
+    vol, primary, data = opened_cold(tmp_path, 2 << 20)
     try:
-        assert resident_pages(primary) == 0
-        # Reads through the volume bring back only what they ask for (no readahead).
-        vol.read(0, 8)
+        # A read brings in only what it asks for: no kernel readahead.
+        assert vol.read(0, 8) == data[:4096]
         assert 0 < resident_pages(primary) <= 4
+    finally:
+        vol.close()
+
+
+def test_sequential_reads_are_read_ahead_and_random_ones_are_not(tmp_path: Path) -> None:
+    mib, chunk = 1 << 20, 128 << 10
+    vol, primary, data = opened_cold(tmp_path, 32 * mib)
+    bs = vol.block_size
+    try:
+        # Two reads far apart: no stream, nothing read beyond them.
+        assert vol.read(0, 8) == data[:4096]
+        assert vol.read(20 * mib // bs, 8) == data[20 * mib : 20 * mib + 4096]
+        time.sleep(0.2)
+        assert resident_pages(primary) <= 8
+        # A stream: its second read starts the window ahead of it.
+        at = 4 * mib
+        for _ in range(2):
+            assert vol.read(at // bs, chunk // bs) == data[at : at + chunk]
+            at += chunk
+        ahead = wait_resident(primary, at, at + 4 * mib, 4 * mib // _PAGE)
+        assert ahead == 4 * mib // _PAGE
+        # Spans (sendfile reads) follow the stream too, and move its window on.
+        span = vol.read_span(at // bs, 8 * mib // bs)
+        assert span is not None and span.read() == data[at : at + 8 * mib]
+        at += 8 * mib
+        assert vol.read_span(at // bs, chunk // bs) is not None
+        at += chunk
+        assert wait_resident(primary, at, at + 4 * mib, 4 * mib // _PAGE) == 4 * mib // _PAGE
     finally:
         vol.close()
