@@ -25,8 +25,13 @@ _libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
 
 
 def resident_pages(path: Path) -> int:
-    """How many pages of the file are in the page cache now (mapping a file does not
-    read it: mincore only looks)."""
+    """How many pages of the file are in the page cache now."""
+    return resident_range(path, 0, path.stat().st_size)
+
+
+def resident_range(path: Path, start: int, end: int) -> int:
+    """Pages of [start, end) in the page cache (mapping a file does not read it:
+    mincore only looks)."""
     size = path.stat().st_size
     pages = (size + _PAGE - 1) // _PAGE
     vec = (ctypes.c_ubyte * pages)()
@@ -35,13 +40,12 @@ def resident_pages(path: Path) -> int:
         addr = _libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
         assert addr not in (None, ctypes.c_void_p(-1).value), "mmap failed"
         try:
-            rc = _libc.mincore(addr, size, vec)
-            assert rc == 0, os.strerror(ctypes.get_errno())
+            assert _libc.mincore(addr, size, vec) == 0, os.strerror(ctypes.get_errno())
         finally:
             _libc.munmap(addr, size)
     finally:
         os.close(fd)
-    return sum(b & 1 for b in vec)
+    return sum(b & 1 for b in vec[start // _PAGE : (end + _PAGE - 1) // _PAGE])
 
 
 def cached_file(path: Path, size: int) -> None:
@@ -69,23 +73,6 @@ def test_advise_random_drops_the_cached_pages_and_keeps_the_data(tmp_path: Path)
         assert files.pread(fh, len(data), 0) == data
     finally:
         files.close(fh)
-
-
-def resident_range(path: Path, start: int, end: int) -> int:
-    """Pages of [start, end) in the page cache."""
-    size = path.stat().st_size
-    pages = (size + _PAGE - 1) // _PAGE
-    vec = (ctypes.c_ubyte * pages)()
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        addr = _libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
-        try:
-            assert _libc.mincore(addr, size, vec) == 0, os.strerror(ctypes.get_errno())
-        finally:
-            _libc.munmap(addr, size)
-    finally:
-        os.close(fd)
-    return sum(b & 1 for b in vec[start // _PAGE : end // _PAGE])
 
 
 def opened_cold(tmp_path: Path, size: int) -> tuple[Volume, Path, bytes]:
