@@ -65,6 +65,11 @@ class FileLayer(Protocol):
         waiting (the engine's own readahead for a file hinted with ``advise_random``)."""
         ...
 
+    def drop_cache(self, fh: int, offset: int, length: int) -> None:
+        """A hint: these bytes, written and synced, will not be read again soon; the
+        page cache may let them go (clean pages only; ``length`` 0: to the end)."""
+        ...
+
     def fsync_dir(self, path: str) -> None: ...
     def unlink(self, path: str) -> None: ...
     def rename(self, src: str, dst: str) -> None: ...
@@ -149,6 +154,11 @@ class OsFiles:
     @staticmethod
     def prefetch(fh: int, offset: int, length: int) -> None:
         os.posix_fadvise(fh, offset, length, os.POSIX_FADV_WILLNEED)
+
+    @staticmethod
+    def drop_cache(fh: int, offset: int, length: int) -> None:
+        # Partly covered pages at either end stay (the kernel rounds inward).
+        os.posix_fadvise(fh, offset, length, os.POSIX_FADV_DONTNEED)
 
     def data_extents(self, fh: int) -> list[tuple[int, int]]:
         """(offset, length) of the allocated regions, so sparse copies keep holes."""

@@ -313,6 +313,9 @@ class CrashSimFiles:
     def prefetch(self, fh: int, offset: int, length: int) -> None:
         self._fh(fh)  # a caching hint: nothing to record
 
+    def drop_cache(self, fh: int, offset: int, length: int) -> None:
+        self._fh(fh)  # a caching hint: nothing to record
+
     def fsync_dir(self, path: str) -> None:
         path = _norm(path)
         if not self._isdir(path):

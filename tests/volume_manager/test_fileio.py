@@ -10,7 +10,7 @@ import os
 import time
 from pathlib import Path
 
-from volume_manager import Volume
+from volume_manager import Volume, VolumeOptions
 from volume_manager.fileio import OsFiles
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -129,5 +129,29 @@ def test_sequential_reads_are_read_ahead_and_random_ones_are_not(tmp_path: Path)
         assert vol.read_span(at // bs, chunk // bs) is not None
         at += chunk
         assert wait_resident(primary, at, at + 4 * mib, 4 * mib // _PAGE) == 4 * mib // _PAGE
+    finally:
+        vol.close()
+
+
+def test_the_log_leaves_the_page_cache_once_durable_and_applied(tmp_path: Path) -> None:
+    vol = Volume.create(str(tmp_path / "sec"), str(tmp_path / "p.img"), size=16 << 20,
+                        options=VolumeOptions(commit_interval=None))
+    try:
+        blocks = [os.urandom(4096) for _ in range(512)]
+        for i, b in enumerate(blocks):
+            vol.write(i * 8, b)
+        (seg,) = Path(vol.log_dir).iterdir()
+        assert resident_pages(seg) >= 512  # written, not yet durable: cached
+        vol.flush()
+        assert resident_pages(seg) <= 1  # at most the page the next record continues
+        # Written after the commit: cached until the next one.
+        vol.write(0, b"x" * 4096)
+        assert resident_pages(seg) >= 1
+        # History still reads back (from the disk now): the state before the last write.
+        with vol.view(f"seq:{vol.seq - 1}") as past:
+            for i in (0, 1, 511):
+                assert past.read(i * 8, 8) == blocks[i]
+        assert vol.read(0, 8) == b"x" * 4096
+        assert vol.read(8, 8) == blocks[1]
     finally:
         vol.close()
