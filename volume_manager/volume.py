@@ -590,9 +590,12 @@ class Volume:
             if s.id < seg0:
                 continue
             start = off0 if s.id == seg0 else 0
-            length = upto[1] - start if s.id == upto[0] else 0  # 0: to the end
-            if length < 0:
-                continue
+            if s.id == upto[0]:  # the active segment: only what this commit covered
+                length = upto[1] - start
+                if length <= 0:  # (0 would mean "to the end": records not yet durable)
+                    continue
+            else:
+                length = 0  # sealed: to its end
             with contextlib.suppress(OSError):  # only a hint (a faded segment is gone)
                 self.files.drop_cache(s.fh, start, length)
         self._dropped = upto

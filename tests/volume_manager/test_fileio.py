@@ -155,3 +155,33 @@ def test_the_log_leaves_the_page_cache_once_durable_and_applied(tmp_path: Path) 
         assert vol.read(8, 8) == blocks[1]
     finally:
         vol.close()
+
+
+class RecordedDrops(OsFiles):
+    """The real file layer, noting each drop_cache call."""
+
+    def __init__(self) -> None:
+        self.drops: list[tuple[int, int, int]] = []
+
+    def drop_cache(self, fh: int, offset: int, length: int) -> None:  # type: ignore[override]
+        self.drops.append((fh, offset, length))
+        OsFiles.drop_cache(fh, offset, length)
+
+
+def test_a_commit_with_no_new_records_drops_nothing(tmp_path: Path) -> None:
+    """A commit that covers no new log bytes (here: one that only writes a checkpoint)
+    must not ask to drop the active segment "to the end" (length 0), which would reach
+    records appended after it."""
+    files = RecordedDrops()
+    vol = Volume.create(str(tmp_path / "sec"), str(tmp_path / "p.img"), size=1 << 20,
+                        files=files, options=VolumeOptions(commit_interval=None))
+    try:
+        vol.write(0, b"a" * 4096)
+        vol.flush()
+        assert files.drops and all(length > 0 for _, _, length in files.drops)
+        files.drops.clear()
+        vol.ask_checkpoint()
+        vol.flush()
+        assert files.drops == []
+    finally:
+        vol.close()
