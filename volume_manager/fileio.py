@@ -24,13 +24,22 @@ import errno
 import os
 from typing import Protocol
 
-__all__ = ["Buffer", "FileLayer", "OsFiles"]
+__all__ = ["DIRECT_ALIGN", "Buffer", "FileLayer", "OsFiles"]
 
 Buffer = bytes | bytearray | memoryview
+# What a direct handle's writes are aligned to, in file offset, length and memory
+# address: the largest logical block size of today's disks, and the page size.
+DIRECT_ALIGN = 4096
 
 
 class FileLayer(Protocol):
-    def open(self, path: str, *, create: bool = False, read_only: bool = False) -> int: ...
+    def open(self, path: str, *, create: bool = False, read_only: bool = False,
+             direct: bool = False) -> int:
+        """``direct``: a handle for writing whole aligned blocks (``DIRECT_ALIGN``) from
+        aligned memory past the page cache (O_DIRECT), where the file system allows it;
+        otherwise an ordinary handle, which takes the same writes. Durability is the
+        same either way: only ``fdatasync`` makes a write durable."""
+        ...
     def close(self, fh: int) -> None: ...
     def pread(self, fh: int, length: int, offset: int) -> bytes: ...
     def readinto(self, fh: int, buf: memoryview, offset: int) -> int:
@@ -70,6 +79,12 @@ class FileLayer(Protocol):
         page cache may let them go (clean pages only; ``length`` 0: to the end)."""
         ...
 
+    def reserve(self, fh: int, offset: int, length: int) -> None:
+        """Allocate disk space for these bytes without changing the file's size, so
+        that writing them later cannot fail for lack of space: raises ENOSPC now
+        instead. File systems that cannot do it leave the space unreserved."""
+        ...
+
     def fsync_dir(self, path: str) -> None: ...
     def unlink(self, path: str) -> None: ...
     def rename(self, src: str, dst: str) -> None: ...
@@ -107,11 +122,27 @@ class OsFiles:
     unlink = staticmethod(os.unlink)
     listdir = staticmethod(os.listdir)
 
-    def open(self, path: str, *, create: bool = False, read_only: bool = False) -> int:
+    def open(self, path: str, *, create: bool = False, read_only: bool = False,
+             direct: bool = False) -> int:
         flags = os.O_RDONLY if read_only else os.O_RDWR
         if create:
             flags |= os.O_CREAT
+        if direct:
+            try:
+                return os.open(path, flags | os.O_CLOEXEC | os.O_DIRECT, 0o600)
+            except OSError as exc:  # tmpfs and some others: no O_DIRECT
+                if exc.errno != errno.EINVAL:
+                    raise
         return os.open(path, flags | os.O_CLOEXEC, 0o600)
+
+    def reserve(self, fh: int, offset: int, length: int) -> None:
+        if length <= 0:
+            return
+        if _fallocate(fh, _FALLOC_FL_KEEP_SIZE, offset, length) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.EOPNOTSUPP, errno.ENOTTY, errno.EINVAL, errno.ENODEV):
+            raise OSError(err, os.strerror(err))
 
     def size(self, fh: int) -> int:
         return os.lseek(fh, 0, os.SEEK_END)

@@ -66,8 +66,11 @@ def _first_seq_at(vol: Volume, seg: int, off: int) -> int:
         raise PointError(f"log segment {seg} needed for this point is gone")
     if off == SEGMENT_HEADER_SIZE:
         return s.first_seq
-    hdr = vol.files.pread(s.fh, HEADER.size, off)
-    if len(hdr) < HEADER.size:  # the position is the end of a segment
+    # The file may go on past the records with zeros (segments.py): its end is
+    # where the volume says the records end.
+    end = vol._seg_end if s is getattr(vol, "_active", None) else s.end
+    hdr = vol.files.pread(s.fh, HEADER.size, off) if off < end else b""
+    if len(hdr) < HEADER.size or not any(hdr):  # the end of a segment (zeros: padding)
         return vol._segments[seg + 1].first_seq if seg + 1 in vol._segments else vol._seq + 1
     return int(HEADER.unpack(hdr)[4])
 
@@ -97,7 +100,12 @@ def _layers(vol: Volume, lo: int, hi: int) -> list[np.ndarray]:
 
 
 def changes_between(vol: Volume, lo: int, hi: int) -> np.ndarray:
-    """A map of the newest record per block among lo < seq <= hi."""
+    """A map of the newest record per block among lo < seq <= hi.
+
+    Its pieces are read from the log files: records still only in the write
+    buffer are written out first (not durably; a reader needs no more)."""
+    if hi > vol._durable_seq:
+        vol.write_out()
     return ext.compose(_layers(vol, lo, hi), vol.block_size)
 
 

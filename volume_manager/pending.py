@@ -5,8 +5,8 @@ record describing it is durable. Writes therefore land here first; a group
 commit makes the log durable and then applies the overlay to the primary in
 sequence order. Until then, reads of these blocks are patched from here. The
 overlay holds no data, only where each record's data sits in the log: the data
-is written once, straight from the caller's buffer into the log's page cache,
-and read back from there (a page-cache hit) when applied or read.
+is copied once, from the caller's buffer into the log's write buffer in memory
+(logbuf.py), and read from there when applied or read.
 
 The hot path is an append: records are kept in sequence order, and a dict
 from fixed-size *chunks* of the block space to the records touching them
@@ -116,10 +116,10 @@ class PendingMap:
         return out
 
     def overlay(self, lba: int, count: int, buf: bytearray,
-                pread: Callable[[int, int, int], bytes]) -> None:
+                pread: Callable[[int, int, int], bytes | bytearray | memoryview]) -> None:
         """Lay every record overlapping [lba, lba+count) on ``buf`` (which holds
         those blocks as the primary has them), oldest first, reading the data
-        from the log (page cache) with ``pread``."""
+        with ``pread`` (from the log's write buffer: Volume._read_log)."""
         bs = self._bs
         end = lba + count
         for p in self._touching(lba, count):

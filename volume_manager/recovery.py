@@ -14,7 +14,8 @@ crash during recovery is recovered by running it again.
    rebuild the open interval's index and the marker/map of any marker record
    the catalog lacks.
 5. At the first record that fails, truncate the log there (reported) and drop
-   catalog entries that point past it.
+   catalog entries that point past it. Zero padding after a segment's last
+   record (a block write-out not yet trimmed) is trimmed, not reported.
 6. Make the primary durable and write a checkpoint at the end of the log.
 """
 
@@ -150,6 +151,14 @@ def _scan_and_redo(vol: Volume) -> None:
             t.add(h.lba, h.count, ext.ZERO_SEG, h.seq, 0)
     last = walker.last_seq
     stop = walker.stop
+    # Zero padding after the last record of a segment (a block write-out that a
+    # trim did not follow before the crash): the file ends where its records do.
+    for sid, end in walker.ends.items():
+        s = vol._segments.get(sid)
+        if s is not None and fs.size(s.fh) > end:
+            fs.truncate(s.fh, end)
+            fs.fdatasync(s.fh)
+            s.end = end
     # 5. truncate at the first bad record and drop what lies past it
     if stop.reason is not None:
         report.append(f"log truncated at segment {stop.seg} offset {stop.offset}: {stop.reason};"
@@ -172,9 +181,10 @@ def _scan_and_redo(vol: Volume) -> None:
             if sid > stop_seg or (sid == stop_seg and stop.reason is not None
                                   and stop.offset < SEGMENT_HEADER_SIZE):
                 s = vol._segments.pop(sid)
+                empty = fs.size(s.fh) == 0  # a roll that wrote nothing yet: no news
                 fs.close(s.fh)
                 fs.unlink(os.path.join(vol.log_dir, segment_name(sid)))
-                if sid != stop_seg or stop.offset:
+                if (sid != stop_seg or stop.offset) and not empty:
                     report.append(f"deleted log segment {sid} past the end of the log")
         if stop.reason is not None and stop.seg in vol._segments:
             fh = vol._segments[stop.seg].fh

@@ -4,6 +4,11 @@ A segment is ``log/<id as 16 hex digits>.seg``: a 64-byte segment header, then
 records back to back (FORMAT.md). The scanner checks each record's framing, its
 CRC32C and that sequence numbers are dense, and stops at the first record that
 fails, saying where and why; it never yields a record it could not verify.
+
+Zeros from the end of the last record to the end of the file, within the block
+that record ends in, are the end of the segment, not damage: the log is
+written out in whole blocks (logbuf.py), and a segment is trimmed to its last
+record only when it is sealed and synced, or closed.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from volume_manager.fileio import FileLayer
+from volume_manager.fileio import DIRECT_ALIGN, FileLayer
 from volume_manager.records import (
     HEADER_SIZE,
     SEGMENT_HEADER_SIZE,
@@ -86,6 +91,7 @@ class LogScanner:
         self._buf = b""
         self._base = 0
         self.stop = ScanStop(seg, offset, None)
+        self.at_end = False  # the scan ended at the end of the segment's records
 
     def _get(self, off: int, n: int) -> memoryview:
         if off < self._base or off + n > self._base + len(self._buf):
@@ -95,6 +101,14 @@ class LogScanner:
         a = off - self._base
         return memoryview(self._buf)[a: a + n]
 
+    def _padding(self, off: int) -> bool:
+        """Whether [off, end of file) is the zero padding of a block write-out."""
+        size = self._size
+        if size % DIRECT_ALIGN or size - off >= DIRECT_ALIGN:
+            return False
+        data = self._get(off, size - off)
+        return data.nbytes == size - off and bytes(data).count(0) == data.nbytes
+
     def records(self) -> Iterator[tuple[ScanRecord, memoryview]]:
         off = self._start
         expect = self._expect
@@ -102,8 +116,9 @@ class LogScanner:
             if self._stop_after is not None and expect > self._stop_after:
                 self.stop = ScanStop(self._seg, off, None)
                 return
-            if off == self._size:
+            if off == self._size or self._padding(off):
                 self.stop = ScanStop(self._seg, off, None)
+                self.at_end = True
                 return
             if off + HEADER_SIZE > self._size:
                 self.stop = ScanStop(self._seg, off, "truncated record header")
@@ -153,6 +168,9 @@ class LogWalker:
         self._stop_after = stop_after_seq
         self.stop = ScanStop(start_seg, start_off, None)
         self.last_seq = expect_seq - 1
+        # Where the records of each segment scanned to its clean end end (a file
+        # may go on with zero padding: module docstring).
+        self.ends: dict[int, int] = {}
 
     def records(self) -> Iterator[tuple[ScanRecord, memoryview]]:
         seg, off = self._seg, self._off
@@ -163,6 +181,10 @@ class LogWalker:
             if not first:
                 if sid != seg + 1:
                     self.stop = ScanStop(sid, 0, f"segment {seg + 1} is missing")
+                    return
+                if sid == ids[-1] and self._files.size(fh) == 0:
+                    # Made by a segment roll whose header, buffered with the
+                    # records after it, was never written out: no record is in it.
                     return
                 hdr = read_segment_header(self._files, fh)
                 if hdr is None:
@@ -183,5 +205,7 @@ class LogWalker:
             self.stop = scanner.stop
             if scanner.stop.reason is not None:
                 return
+            if scanner.at_end:
+                self.ends[sid] = scanner.stop.offset
             if self._stop_after is not None and self.last_seq >= self._stop_after:
                 return

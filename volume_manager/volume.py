@@ -2,21 +2,24 @@
 
 Theory of operation (FORMAT.md has the bytes):
 
-* ``write``/``unmap`` append one record to the active log segment (page cache)
-  and put the data in the *pending* overlay. They do not touch the primary.
+* ``write``/``unmap`` append one record to the active log segment's write
+  buffer in memory (logbuf.py) and put it in the *pending* overlay. They do
+  not touch the primary, and make no system call.
 * A group commit (``flush``, a FUA write, the background committer, or a full
-  overlay) makes every record appended so far durable with one ``fdatasync``
-  per dirty segment, and only then applies the overlay to the primary. So the
-  primary never leads the durable log, even under power loss; recovery redoes
-  the log tail onto it.
+  overlay) writes the buffered log out to its segments and makes every record
+  appended so far durable with one ``fdatasync`` per dirty segment, and only
+  then applies the overlay to the primary. So the primary never leads the
+  durable log, even under power loss; recovery redoes the log tail onto it.
 * ``mark`` appends a marker record, makes the log durable, and turns the
   records since the previous marker into an immutable, block-ordered delta map.
 * Reads of the live volume come from the primary with the overlay on top.
 
-Two locks: ``_lock`` guards the hot-path state and is held for microseconds;
+Locks: ``_lock`` guards the hot-path state and is held for microseconds;
 ``_job_lock`` (re-entrant) serialises the slow bookkeeping (markers, maps,
-views, jobs) so that they see a stable list of maps. fsync runs outside
-``_lock`` so writers go on while a commit waits on the disk.
+views, jobs) so that they see a stable list of maps. fsync and log writes run
+outside ``_lock`` so writers go on while a commit waits on the disk. Taken in
+this order: ``_job_lock``, ``_commit_lock``, ``_log_io_lock`` (log write-out),
+``_primary_lock``, ``_lock``.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import mmap
 import os
 import struct
 import threading
@@ -49,7 +53,8 @@ from volume_manager.errors import (
     SecondaryFullError,
     VolumeClosedError,
 )
-from volume_manager.fileio import FileLayer, OsFiles
+from volume_manager.fileio import Buffer, FileLayer, OsFiles
+from volume_manager.logbuf import ALIGN, SLAB_BYTES, ZERO_BLOCK, Slab, SlabPool
 from volume_manager.pending import PendingMap, Piece
 from volume_manager.points import check_marker_name
 from volume_manager.records import (
@@ -78,9 +83,6 @@ _FUA = int(RecordFlag.FUA)
 _HEADER_REST = struct.Struct("<BBHQQQII")
 _U32 = struct.Struct("<I")
 _WRITEBACK_BYTES = 1 << 20
-# _apply reads small records stored back to back with one pread, up to this many bytes
-# (large records gain nothing from it, and a big buffer costs page faults).
-_APPLY_SPAN = 256 << 10
 # How far ahead of a sequential reader the primary is read (see _read_ahead).
 _READ_AHEAD = 8 << 20
 _now_ns = time.time_ns
@@ -104,10 +106,15 @@ class VolumeOptions:
     # fdatasync of 100-250 MiB of log took 0.4-0.6 s here under 1 MiB writes,
     # and with 32 MiB the event loop itself committed every other time, unable
     # to receive meanwhile (1 GiB of 1 MiB writes: 5.5-7.2 s, now 4.0-5.1 s).
-    # The overlay costs about 48 bytes of index per record; its data stays in
-    # the log's page cache.
+    # The overlay costs about 48 bytes of index per record, and its data stays
+    # in the log's write buffer (memory) until it is applied.
     pending_soft_bytes: int = 8 << 20
     pending_hard_bytes: int = 256 << 20
+    # Disk space for the active segment is reserved ahead of the records in
+    # steps of this many bytes (FileLayer.reserve), so that a full secondary
+    # fails the write that needs the space, when it is made, and never the
+    # later write-out of records already acknowledged.
+    reserve_bytes: int = 4 << 20
     # Background group commit: the log is made durable and the overlay applied
     # at least this often. None: only on flush/FUA/limits (tests drive commits).
     commit_interval: float | None = 0.5
@@ -140,6 +147,7 @@ class _Segment:
     first_seq: int
     fh: int
     end: int = 0  # bytes in the segment once sealed (the active one: see _seg_end)
+    wfh: int = -1  # direct handle the write buffer is written out with, until sealed and synced
 
 
 class Volume:
@@ -168,6 +176,7 @@ class Volume:
         self._lock = threading.Lock()
         self._job_lock = threading.RLock()
         self._commit_lock = threading.Lock()
+        self._log_io_lock = threading.Lock()  # writing the buffered log out
         self._primary_lock = threading.Lock()  # the primary's fdatasync and checkpoints
         self._commit_wake = threading.Condition(threading.Lock())
         self._closed = False
@@ -274,6 +283,11 @@ class Volume:
         self._pending = PendingMap(self.block_size)
         self._hdr = bytearray(HEADER_SIZE)
         self._hdr_rest = memoryview(self._hdr)[4:]
+        self._slabs: list[Slab] = []  # the write buffer, oldest first (logbuf.py)
+        # As many free slabs as the overlay's hard limit could have in flight;
+        # given back when the volume is idle (_commit_loop).
+        self._pool = SlabPool(max(2, self.options.pending_hard_bytes // SLAB_BYTES))
+        self._scratch = memoryview(mmap.mmap(-1, ALIGN))  # the block at the end of the log
         self._soft_limit = self.options.pending_soft_bytes
         self._segment_bytes = self.options.segment_bytes
         self._write_cache = self.options.write_cache
@@ -289,6 +303,7 @@ class Volume:
         self.markers: dict[str, MarkerRow] = {m.name: m for m in cat.markers()}
         self.maps: list[MapInfo] = [MapInfo(r) for r in cat.maps()]
         recovery.recover(self)
+        self._start_buffer()
         self._committer = None
         if self.options.commit_interval is not None:
             self._committer = threading.Thread(target=self._commit_loop, daemon=True,
@@ -327,7 +342,7 @@ class Volume:
             if self._pending.overlaps(lba, count):
                 buf = bytearray(data)
                 buf.extend(bytes(size - len(buf)))
-                self._pending.overlay(lba, count, buf, self._pread)
+                self._pending.overlay(lba, count, buf, self._read_log)
                 return bytes(buf)
         if len(data) < size:  # a primary file shorter than its size is sparse
             data += bytes(size - len(data))
@@ -421,9 +436,9 @@ class Volume:
 
     def _append(self, rtype: int, flags: int, lba: int, count: int,
                 payload: bytes | bytearray | memoryview) -> int:
-        # Zero copy: the caller's buffer goes straight into the log's page
-        # cache with the header in front; nothing keeps a reference to it.
-        # This runs once per host write: every line here is paid per I/O.
+        # One copy: the caller's buffer goes into the log's write buffer with the
+        # header in front; nothing keeps a reference to it. This runs once per
+        # host write: every line here is paid per I/O.
         plen = len(payload)
         size = HEADER_SIZE + plen
         with self._lock:
@@ -431,41 +446,47 @@ class Volume:
                 self._check_usable()
             seq = self._seq + 1
             ts = _now_ns()
-            hdr = self._hdr  # reused: pwritev copies it before _lock is released
+            hdr = self._hdr  # reused: copied into the slab before _lock is released
             _HEADER_REST.pack_into(hdr, 4, rtype, flags, 0, seq, ts, lba, count, plen)
             crc = crc32c(self._hdr_rest)
             _U32.pack_into(hdr, 0, crc32c(payload, crc) if plen else crc)
-            seg = self._active
             off = self._seg_end
-            writing = False
-            try:
-                # Rolling to a new segment writes its header: it can find the
-                # secondary full too, and must fail the same way.
-                if off + size > self._segment_bytes and off > SEGMENT_HEADER_SIZE:
-                    self._roll_segment(seq)
-                    seg = self._active
-                    off = self._seg_end
-                writing = True
-                n = self.files.pwritev(seg.fh, [hdr, payload], off) if plen else \
-                    self.files.pwrite(seg.fh, hdr, off)
-                if n != size:
-                    raise OSError(errno.ENOSPC, "short write to the log")
-            except OSError as exc:
-                if writing:
-                    self._undo_append(seg.fh, off)
-                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                    raise SecondaryFullError(
-                        f"secondary store {self.directory} is full: the write was not done"
-                        " and history is intact; free space or fade out old history"
-                    ) from exc
-                raise
-            end = self._seg_end = off + size
+            end = off + size
+            if end > self._reserved or end > self._segment_bytes:
+                try:
+                    # Rolling to a new segment reserves space in it, which can
+                    # find the secondary full too, and must fail the same way.
+                    if end > self._segment_bytes and off > SEGMENT_HEADER_SIZE:
+                        self._roll_segment(seq, size)
+                        off = self._seg_end
+                        end = off + size
+                    if end > self._reserved:
+                        self._reserve(end)
+                except OSError as exc:
+                    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                        raise SecondaryFullError(
+                            f"secondary store {self.directory} is full: the write was not"
+                            " done and history is intact; free space or fade out old history"
+                        ) from exc
+                    raise
+            seg = self._active
+            slab = self._slab
+            pos = off - slab.start
+            if pos + size > slab.cap:
+                slab = self._next_slab(size)
+                pos = off - slab.start
+            view = slab.view
+            view[pos: pos + HEADER_SIZE] = hdr
+            if plen:
+                view[pos + HEADER_SIZE: pos + size] = payload
+            slab.used = pos + size
+            slab.last_seq = seq
+            self._seg_end = end
             if end - self._wb_pos >= _WRITEBACK_BYTES and not self._wb_asked and \
                     self._committer is not None:
-                # Another MiB of log written: the committer lets the disk start on
-                # it now, so the next group commit's fdatasync has less left to
-                # wait for. Not here: starting writeback costs CPU and can block
-                # on a full device queue, and this is the event loop's thread.
+                # Another MiB of log buffered: the committer writes it out now, so
+                # the disk works while writers go on and the next group commit's
+                # fdatasync has less left to wait for.
                 self._wb_asked = True
                 with self._commit_wake:
                     self._commit_wake.notify()
@@ -488,33 +509,157 @@ class Volume:
         if self._failed is not None:
             raise EngineError(f"volume failed: {self._failed}") from self._failed
 
-    def _undo_append(self, fh: int, off: int) -> None:
-        # If even this fails, the next scan stops at the torn bytes anyway.
-        with contextlib.suppress(OSError):
-            self.files.truncate(fh, off)
-
-    def _roll_segment(self, first_seq: int) -> None:
-        """Seal the active segment and start a new one (called with _lock held)."""
+    def _roll_segment(self, first_seq: int, need: int) -> None:
+        """Seal the active segment and start a new one with room reserved for a
+        record of ``need`` bytes (called with _lock held). Its header goes into the
+        write buffer like a record."""
         new_id = self._active.id + 1
         path = os.path.join(self.log_dir, segment_name(new_id))
-        fh = self.files.open(path, create=True)
         hdr = encode_segment_header(SegmentHeader(self.block_size, new_id, first_seq, self.uuid))
+        fh = self.files.open(path, create=True)
+        wfh = -1
         try:
             self.files.truncate(fh, 0)
-            self.files.pwrite(fh, hdr, 0)
+            wfh = self.files.open(path, direct=True)
+            reserved = self._reservation(0, SEGMENT_HEADER_SIZE + need)
+            self.files.reserve(wfh, 0, reserved)
         except OSError:
             # Not yet part of the log (no header); the next roll reuses the name.
-            with contextlib.suppress(OSError):
-                self.files.close(fh)
+            for h in (fh, wfh):
+                if h >= 0:
+                    with contextlib.suppress(OSError):
+                        self.files.close(h)
             raise
         self._active.end = self._seg_end
         self._unsynced.add(self._active.id)  # sealed with unsynced bytes
-        self._segments[new_id] = _Segment(new_id, first_seq, fh)
-        self._active = self._segments[new_id]
+        seg = self._segments[new_id] = _Segment(new_id, first_seq, fh, wfh=wfh)
+        self._active = seg
+        slab = self._pool.take(new_id, fh, 0, SLAB_BYTES)
+        slab.view[:SEGMENT_HEADER_SIZE] = hdr
+        slab.used = SEGMENT_HEADER_SIZE
+        self._slabs.append(slab)
+        self._slab = slab
         self._seg_end = SEGMENT_HEADER_SIZE
+        self._reserved = reserved
         self._wb_pos = 0
         self._dir_dirty = True
         self._ck_asked += 1
+
+    def _reservation(self, start: int, end: int) -> int:
+        """Where a reservation from ``start`` that must reach ``end`` ends: a step
+        further, but not past the segment's size limit unless ``end`` is; at a
+        block boundary."""
+        step = max(self.options.reserve_bytes, 1)
+        end = max(end, min(start + step, self._segment_bytes))
+        return end + (-end) % ALIGN  # the write-out writes whole blocks
+
+    def _reserve(self, end: int) -> None:
+        new = self._reservation(self._reserved, end)
+        self.files.reserve(self._active.wfh, self._reserved, new - self._reserved)
+        self._reserved = new
+
+    # ------------------------------------------------------------ write buffer
+    def _start_buffer(self) -> None:
+        """After recovery: the write buffer starts at the end of the active
+        segment, with the head of its last block (rewritten with the next
+        record) read back from the file."""
+        seg = self._active
+        if seg.wfh < 0:
+            seg.wfh = self.files.open(os.path.join(self.log_dir, segment_name(seg.id)),
+                                      direct=True)
+        end = self._seg_end
+        start = end - end % ALIGN
+        slab = self._pool.take(seg.id, seg.fh, start, SLAB_BYTES)
+        head = self.files.pread(seg.fh, end - start, start)
+        if len(head) != end - start:
+            raise EngineError(f"log segment {seg.id} is shorter than its records")
+        slab.view[: len(head)] = head
+        slab.used = slab.written = end - start
+        self._slabs.append(slab)
+        self._slab = slab
+        self._reserved = end
+
+    def _next_slab(self, need: int) -> Slab:
+        """A new slab for the active segment, from the block holding the end of
+        the log on (called with _lock held, when the record of ``need`` bytes does
+        not fit in the current one)."""
+        old = self._slab
+        end = self._seg_end
+        start = end - end % ALIGN
+        carry = end - start
+        cap = max(SLAB_BYTES, carry + need)
+        slab = self._pool.take(old.seg, old.fh, start, cap + (-cap) % ALIGN)
+        if carry:
+            a = start - old.start
+            slab.view[:carry] = old.view[a: a + carry]
+        # The carried head is the old slab's to write; this slab rewrites its block.
+        slab.used = slab.written = carry
+        self._slabs.append(slab)
+        self._slab = slab
+        return slab
+
+    def _read_log(self, fh: int, length: int, offset: int) -> Buffer:
+        """``length`` log bytes of the segment open as ``fh``: from the write
+        buffer while it holds them (unapplied records always are), else the file.
+        Called with _lock held."""
+        for slab in reversed(self._slabs):
+            if slab.holds(fh, offset, length):
+                a = offset - slab.start
+                return slab.view[a: a + length]
+        return self.files.pread(fh, length, offset)
+
+    def write_out(self) -> None:
+        """Write every record appended so far to its log segment (not durably).
+
+        Readers of the log files (history, jobs) call this once they know the
+        newest record they need; a group commit calls it before its fdatasync."""
+        with self._log_io_lock:
+            with self._lock:
+                todo = [(s, s.written, s.used) for s in self._slabs if s.used > s.written]
+            for slab, a, b in todo:
+                self._write_slab(slab, a, b)
+                slab.written = b  # only this thread, under _log_io_lock, moves it
+
+    def _write_slab(self, slab: Slab, a: int, b: int) -> None:
+        """Write slab bytes [a, b) to the file, in whole blocks: from the start of
+        the block holding ``a``, and the block holding ``b`` padded with zeros.
+        Bytes past ``b`` may be being appended meanwhile, so that block goes
+        through a scratch copy."""
+        lo, mid = a - a % ALIGN, b - b % ALIGN
+        bufs: list[Buffer] = []
+        if mid > lo:
+            bufs.append(slab.view[lo:mid])
+        if b > mid:
+            scratch, n = self._scratch, b - mid
+            scratch[:n] = slab.view[mid:b]
+            scratch[n:] = ZERO_BLOCK[n:]
+            bufs.append(scratch)
+        seg = self._segments[slab.seg]
+        size = sum(len(x) for x in bufs)
+        try:
+            done = self.files.pwritev(seg.wfh, bufs, slab.start + lo)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            # A file system that took O_DIRECT at open but not these writes:
+            # go on with an ordinary handle.
+            path = os.path.join(self.log_dir, segment_name(seg.id))
+            self.files.close(seg.wfh)
+            seg.wfh = self.files.open(path)
+            done = self.files.pwritev(seg.wfh, bufs, slab.start + lo)
+        if done != size:
+            raise OSError(errno.EIO, f"short write to log segment {seg.id}")
+
+    def _release_slabs(self, applied: int) -> None:
+        """Let go of the slabs whose records are all written out and applied
+        (called with _lock held)."""
+        keep = []
+        for slab in self._slabs:
+            if slab is self._slab or slab.last_seq > applied or slab.written < slab.used:
+                keep.append(slab)
+            else:
+                self._pool.give(slab)
+        self._slabs = keep
 
     # ------------------------------------------------------------ group commit
     def ask_checkpoint(self) -> None:
@@ -527,34 +672,14 @@ class Volume:
         with self._commit_lock:
             # Group commit: while this caller waited for the lock, another
             # commit may already have covered everything it needs.
-            if (self._durable_seq >= need and self._ck_asked == self._ck_done
-                    and (not sync_primary or self._primary_synced >= need)):
-                return
-            with self._lock:
-                if self._closed:
-                    raise VolumeClosedError("volume is closed")
-                target = self._seq
-                segs = [self._segments[s] for s in sorted(self._unsynced)
-                        if s != self._active.id] + [self._active]
-                self._unsynced.clear()
-                dir_dirty, self._dir_dirty = self._dir_dirty, False
-                next_pos = (self._active.id, self._seg_end)
-                ck_asked = self._ck_asked
-            try:
-                for s in segs:
-                    self.files.fdatasync(s.fh)
-                if dir_dirty:
-                    self.files.fsync_dir(self.log_dir)
-            except OSError as exc:
-                self._failed = exc
-                raise
-            with self._lock:
-                self._durable_seq = max(self._durable_seq, target)
-                self._apply(self._pending.take_upto(target))
-            self._drop_behind(segs, next_pos)
-            ck_mine = ck_asked > self._ck_taken
-            if ck_mine:
-                self._ck_taken = ck_asked
+            if self._durable_seq >= need and self._ck_asked == self._ck_done:
+                if not sync_primary or self._primary_synced >= need:
+                    return
+                # Only the primary's sync is left, which may be under way: no
+                # new log commit (every durable record is applied already).
+                target, next_pos, ck_asked, ck_mine = self._durable_seq, (0, 0), 0, False
+            else:
+                target, next_pos, ck_asked, ck_mine = self._commit_log()
         if not sync_primary and not ck_mine:
             return  # a writer pushed by the overlay's limit waits for no checkpoint
         # Outside _commit_lock: the primary's fdatasync writes back every page
@@ -576,9 +701,53 @@ class Volume:
                     self._ck_seq = target
                 self._ck_done = ck_asked
 
+    def _commit_log(self) -> tuple[int, tuple[int, int], int, bool]:
+        """The log part of a group commit (called with _commit_lock held): write the
+        buffered log out, make it durable, apply it. Returns the record it reached,
+        the log position after it, the checkpoint request it saw and whether it took
+        that request (the caller writes the checkpoint)."""
+        with self._lock:
+            if self._closed:
+                raise VolumeClosedError("volume is closed")
+            target = self._seq
+            active = self._active  # (a writer may roll to a new one meanwhile)
+            segs = [self._segments[s] for s in sorted(self._unsynced)
+                    if s != active.id] + [active]
+            self._unsynced.clear()
+            dir_dirty, self._dir_dirty = self._dir_dirty, False
+            next_pos = (self._active.id, self._seg_end)
+            ck_asked = self._ck_asked
+        try:
+            self.write_out()
+            for s in segs:
+                if s is not active and s.wfh >= 0:
+                    # Sealed: the zeros after its last record go (readers
+                    # pass from a segment to the next at its end of file).
+                    self.files.truncate(s.fh, s.end)
+                self.files.fdatasync(s.fh)
+                if s is not active and s.wfh >= 0:
+                    self.files.close(s.wfh)
+                    s.wfh = -1
+            if dir_dirty:
+                self.files.fsync_dir(self.log_dir)
+        except OSError as exc:
+            self._failed = exc
+            raise
+        with self._lock:
+            self._durable_seq = max(self._durable_seq, target)
+            self._apply(self._pending.take_upto(target))
+            self._release_slabs(target)
+        self._drop_behind(segs, next_pos)
+        ck_mine = ck_asked > self._ck_taken
+        if ck_mine:
+            self._ck_taken = ck_asked
+        return target, next_pos, ck_asked, ck_mine
+
     def _drop_behind(self, segs: list[_Segment], upto: tuple[int, int]) -> None:
         """Let the page cache go of the log that is now durable and applied, up to
-        ``upto`` (segment, offset), as databases do with their write-ahead logs. It is
+        ``upto`` (segment, offset), as databases do with their write-ahead logs: for
+        file systems without O_DIRECT, where the log is written out through the
+        page cache (with it, the log has no pages there and this costs a no-op). It is
         read again only for history (views, rewind, clone, playback), rarely and mostly
         long after; kept, it would grow with every write and push the primary's pages
         out. New page-cache pages also cost a first touch each on this VM: with this,
@@ -601,42 +770,33 @@ class Volume:
         self._dropped = upto
 
     def _apply(self, pieces: list[Piece]) -> None:
-        """Write applied records to the primary, in sequence order. Records that follow
-        each other in one log segment are read back with one pread (up to
-        ``_APPLY_SPAN`` bytes): the log is a page-cache hit, but for small writes a read
-        per record was half of this loop's system calls."""
+        """Write applied records to the primary, in sequence order, from the write
+        buffer (called with _lock held)."""
         bs = self.block_size
         fs = self.files
         primary = self._primary
-        i, n = 0, len(pieces)
-        while i < n:
-            p = pieces[i]
+        slabs = self._slabs
+        k = 0  # records and slabs are both in sequence order: one pass over each
+        for p in pieces:
+            n = p.count * bs
             if p.fh < 0:
-                fs.punch_hole(primary, p.lba * bs, p.count * bs)
-                i += 1
+                fs.punch_hole(primary, p.lba * bs, n)
                 continue
-            # The run of records stored back to back after p in the same segment.
-            j, end = i + 1, p.off + p.count * bs
-            while j < n and end - p.off < _APPLY_SPAN:
-                q = pieces[j]
-                if q.fh != p.fh or q.off != end + HEADER_SIZE or \
-                        q.off + q.count * bs - p.off > _APPLY_SPAN:
-                    break
-                end = q.off + q.count * bs
-                j += 1
-            if j == i + 1:
-                fs.pwrite(primary, fs.pread(p.fh, p.count * bs, p.off), p.lba * bs)
-                if p.count * bs >= _WRITEBACK_BYTES:
-                    # A large record: the disk starts on it while the next is copied,
-                    # so the primary's fdatasync that ends a flush has less to wait for
-                    # (its log record is durable already: the write-ahead rule holds).
-                    fs.start_writeback(primary, p.lba * bs, p.count * bs)
-            else:
-                span = memoryview(fs.pread(p.fh, end - p.off, p.off))
-                for q in pieces[i:j]:
-                    a = q.off - p.off
-                    fs.pwrite(primary, span[a: a + q.count * bs], q.lba * bs)
-            i = j
+            while k < len(slabs) and not slabs[k].holds(p.fh, p.off, n):
+                k += 1
+            if k < len(slabs):
+                slab = slabs[k]
+                a = p.off - slab.start
+                data: Buffer = slab.view[a: a + n]
+            else:  # not expected: every unapplied record is buffered
+                data = self._read_log(p.fh, n, p.off)
+                k = 0
+            fs.pwrite(primary, data, p.lba * bs)
+            if n >= _WRITEBACK_BYTES:
+                # A large record: the disk starts on it while the next is copied,
+                # so the primary's fdatasync that ends a flush has less to wait for
+                # (its log record is durable already: the write-ahead rule holds).
+                fs.start_writeback(primary, p.lba * bs, n)
 
     def _write_checkpoint(self, seq: int, pos: tuple[int, int]) -> None:
         """Record that the primary is durable through ``seq``; redo starts after it.
@@ -654,19 +814,14 @@ class Volume:
             Catalog.set_segments(db, segs)
 
     def _early_writeback(self) -> None:
-        """Start writeback of the active segment's log bytes written since the last
-        call (asked for by _append every _WRITEBACK_BYTES)."""
+        """Write out the log buffered since the last call (asked for by _append
+        every _WRITEBACK_BYTES); durability still comes from the next commit."""
         with self._lock:
             self._wb_asked = False
             if self._closed:
                 return
-            fh, start, end = self._active.fh, self._wb_pos, self._seg_end
-            if end <= start:
-                return
-            self._wb_pos = end
-        # A segment closed meanwhile (volume closing) only makes this fail: harmless.
-        with contextlib.suppress(OSError):
-            self.files.start_writeback(fh, start, end - start)
+            self._wb_pos = self._seg_end
+        self.write_out()
 
     def _commit_loop(self) -> None:
         interval = self.options.commit_interval
@@ -688,6 +843,9 @@ class Volume:
                 last = now
                 if self._seq > self._durable_seq or self._ck_asked > self._ck_done:
                     self._commit(sync_primary=False)
+                elif len(self._pool) > 1:
+                    with self._lock:  # idle for an interval: the burst's memory goes
+                        self._pool.trim()
             except VolumeClosedError:
                 return
             except Exception as exc:
@@ -852,6 +1010,7 @@ class Volume:
             handles = {s.id: s.fh for s in self._segments.values()}
             with self._lock:
                 newest = self._seq
+            self.write_out()
             walker = LogWalker(self.files, handles, first, SEGMENT_HEADER_SIZE,
                                self._segments[first].first_seq, stop_after_seq=newest)
             for rec, _ in walker.records():
@@ -926,6 +1085,12 @@ class Volume:
             if self._failed is None:
                 self.ask_checkpoint()
                 self.flush()
+                # The zeros after the last record (logbuf.py) go: the file ends
+                # where the log does, as the next open expects after a clean close.
+                seg = self._active
+                if self.files.size(seg.fh) > self._seg_end:
+                    self.files.truncate(seg.fh, self._seg_end)
+                    self.files.fdatasync(seg.fh)
             self._shutdown()
 
     def abandon(self) -> None:
@@ -941,7 +1106,11 @@ class Volume:
             self._committer.join()
         for s in self._segments.values():
             self.files.close(s.fh)
+            if s.wfh >= 0:
+                self.files.close(s.wfh)
         self._segments.clear()
+        self._slabs.clear()
+        self._pool.trim(0)
         if self._spans is not None:
             self._spans.close()
         self.files.close(self._primary)

@@ -174,6 +174,7 @@ class CrashSimFiles:
         self._dir_syncs: dict[str, list[int]] = {}
         self._catalog_ops: list[int] = []
         self._space: tuple[str, int] | None = None
+        self._reserved: dict[int, int] = {}  # ino -> bytes reserved (reserve), volatile
         self.catalog_commits = 0
 
     # ------------------------------------------------------------- recording
@@ -202,9 +203,12 @@ class CrashSimFiles:
         ``limit`` bytes fail with ENOSPC. ``None`` lifts the limit."""
         self._space = None if directory is None else (_norm(directory), limit)
 
+    def _held(self, ino: int) -> int:
+        return max(len(self._data[ino]), self._reserved.get(ino, 0))
+
     def _used(self, directory: str) -> int:
         pre = directory + os.sep
-        return sum(len(self._data[ino]) for p, ino in self._names.items() if p.startswith(pre))
+        return sum(self._held(ino) for p, ino in self._names.items() if p.startswith(pre))
 
     def _check_space(self, ino: int, end: int) -> None:
         if self._space is None:
@@ -213,7 +217,7 @@ class CrashSimFiles:
         pre = directory + os.sep
         if not any(i == ino and p.startswith(pre) for p, i in self._names.items()):
             return
-        grow = end - len(self._data[ino])
+        grow = end - self._held(ino)
         if grow > 0 and self._used(directory) + grow > limit:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
@@ -236,7 +240,9 @@ class CrashSimFiles:
         return False
 
     # ---------------------------------------------------------- the FileLayer
-    def open(self, path: str, *, create: bool = False, read_only: bool = False) -> int:
+    def open(self, path: str, *, create: bool = False, read_only: bool = False,
+             direct: bool = False) -> int:
+        # direct: the same handle (durability does not depend on the page cache here)
         path = _norm(path)
         ino = self._names.get(path)
         if ino is None:
@@ -285,6 +291,8 @@ class CrashSimFiles:
     def truncate(self, fh: int, size: int) -> None:
         ino = self._fh(fh, write=True)
         self._check_space(ino, size)
+        if self._reserved.get(ino, 0) > size:  # as ext4: space past the new end is freed
+            self._reserved[ino] = size
         op = (T, ino, size)
         _apply_data(self._data[ino], op)
         self._log(op)
@@ -303,6 +311,13 @@ class CrashSimFiles:
     def data_extents(self, fh: int) -> list[tuple[int, int]]:
         n = len(self._data[self._fh(fh)])
         return [(0, n)] if n else []
+
+    def reserve(self, fh: int, offset: int, length: int) -> None:
+        # Only the space accounting (set_space_limit): a reservation writes nothing,
+        # and which crash states exist does not depend on it.
+        ino = self._fh(fh, write=True)
+        self._check_space(ino, offset + length)
+        self._reserved[ino] = max(self._reserved.get(ino, 0), offset + length)
 
     def start_writeback(self, fh: int, offset: int, length: int) -> None:
         self._fh(fh)  # a hint with no effect on durability: nothing to record
