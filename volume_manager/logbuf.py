@@ -7,10 +7,10 @@ by the kernel at its own pace, and buffered writes to a growing file reached
 only about 250 MB/s on this disk. Now the writer copies the record into a slab
 of anonymous memory (under a microsecond for 4 KiB), and whoever makes the log
 durable (a group commit, or the committer streaming it out every MiB) writes the
-slabs to the segment in whole aligned blocks through a direct handle, past the
-page cache, and then syncs. Until the records' data is applied to the primary,
-the slab also serves it: overlay reads and the apply itself read memory, not
-the log file.
+slabs to the segment in whole aligned blocks (through the page cache, or past
+it with VolumeOptions.direct_log), and then syncs. Until the records' data is
+applied to the primary, the slab also serves it: overlay reads and the apply
+itself read memory, not the log file.
 
 A slab covers a stretch of one segment from an aligned file offset. The block
 holding the end of the log is written with zeros after the end and rewritten,

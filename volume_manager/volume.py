@@ -115,6 +115,12 @@ class VolumeOptions:
     # fails the write that needs the space, when it is made, and never the
     # later write-out of records already acknowledged.
     reserve_bytes: int = 4 << 20
+    # Write the log out with O_DIRECT (past the page cache). Less CPU per write
+    # (about 0.4 against 1.8 us per 4 KiB here), but one request in flight at a
+    # time: sequential durable 1 MiB writes reached 0.32-0.43 of plain pwrite +
+    # fdatasync with it and 0.39-0.52 through the page cache, whose writeback
+    # keeps many in flight. Off until the write-out keeps several going.
+    direct_log: bool = False
     # Background group commit: the log is made durable and the overlay applied
     # at least this often. None: only on flush/FUA/limits (tests drive commits).
     commit_interval: float | None = 0.5
@@ -520,7 +526,7 @@ class Volume:
         wfh = -1
         try:
             self.files.truncate(fh, 0)
-            wfh = self.files.open(path, direct=True)
+            wfh = self.files.open(path, direct=self.options.direct_log)
             reserved = self._reservation(0, SEGMENT_HEADER_SIZE + need)
             self.files.reserve(wfh, 0, reserved)
         except OSError:
@@ -566,7 +572,7 @@ class Volume:
         seg = self._active
         if seg.wfh < 0:
             seg.wfh = self.files.open(os.path.join(self.log_dir, segment_name(seg.id)),
-                                      direct=True)
+                                      direct=self.options.direct_log)
         end = self._seg_end
         start = end - end % ALIGN
         slab = self._pool.take(seg.id, seg.fh, start, SLAB_BYTES)
@@ -619,6 +625,13 @@ class Volume:
             for slab, a, b in todo:
                 self._write_slab(slab, a, b)
                 slab.written = b  # only this thread, under _log_io_lock, moves it
+                if not self.options.direct_log:
+                    # Through the page cache: the disk starts on it now, so the
+                    # commit's fdatasync has less left to wait for.
+                    lo = a - a % ALIGN
+                    with contextlib.suppress(OSError):  # only a hint
+                        self.files.start_writeback(self._segments[slab.seg].wfh,
+                                                   slab.start + lo, b - lo)
 
     def _write_slab(self, slab: Slab, a: int, b: int) -> None:
         """Write slab bytes [a, b) to the file, in whole blocks: from the start of
@@ -745,9 +758,8 @@ class Volume:
 
     def _drop_behind(self, segs: list[_Segment], upto: tuple[int, int]) -> None:
         """Let the page cache go of the log that is now durable and applied, up to
-        ``upto`` (segment, offset), as databases do with their write-ahead logs: for
-        file systems without O_DIRECT, where the log is written out through the
-        page cache (with it, the log has no pages there and this costs a no-op). It is
+        ``upto`` (segment, offset), as databases do with their write-ahead logs (with
+        VolumeOptions.direct_log the log has no pages there: a no-op). It is
         read again only for history (views, rewind, clone, playback), rarely and mostly
         long after; kept, it would grow with every write and push the primary's pages
         out. New page-cache pages also cost a first touch each on this VM: with this,

@@ -134,10 +134,11 @@ def test_sequential_reads_are_read_ahead_and_random_ones_are_not(tmp_path: Path)
 
 
 def test_the_log_bypasses_the_page_cache(tmp_path: Path) -> None:
-    """Records wait in the write buffer (memory), and are written out past the page
-    cache (O_DIRECT: this file system has it); reads and history still see them."""
+    """Records wait in the write buffer (memory), and with ``direct_log`` are written
+    out past the page cache (O_DIRECT: this file system has it); reads and history
+    still see them."""
     vol = Volume.create(str(tmp_path / "sec"), str(tmp_path / "p.img"), size=16 << 20,
-                        options=VolumeOptions(commit_interval=None))
+                        options=VolumeOptions(commit_interval=None, direct_log=True))
     try:
         blocks = [os.urandom(4096) for _ in range(512)]
         for i, b in enumerate(blocks):
