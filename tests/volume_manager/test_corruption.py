@@ -235,6 +235,42 @@ def test_zeroed_tail_is_cut(scenario) -> None:  # type: ignore[no-untyped-def]
     scenario.check_goes_on()
 
 
+def test_block_padding_of_a_sealed_segment_is_its_end(scenario) -> None:  # type: ignore[no-untyped-def]
+    """A crash between a block write-out of a segment's last records and the trim
+    that seals it leaves zeros up to the block's end: the segment ends at its last
+    record, recovery trims the zeros without a report, and the walk goes on into the
+    next segment (volume_manager/segments.py)."""
+    scenario.write(14)
+    scenario.vol.abandon()
+    segs = segments(scenario.dir)
+    sealed = next(p for p in segs[:-1] if os.path.getsize(p) % 4096)
+    end = os.path.getsize(sealed)
+    with open(sealed, "ab") as f:
+        f.write(bytes(4096 - end % 4096))
+    vol = scenario.reopen()
+    assert vol.recovery_report == []
+    assert os.path.getsize(sealed) == end
+    assert all(os.path.exists(p) for p in segs)
+    scenario.check(14)
+    scenario.check_goes_on()
+
+
+def test_empty_last_segment_is_a_roll_never_written_out(scenario) -> None:  # type: ignore[no-untyped-def]
+    """A segment roll creates the next file; its header waits in the write buffer
+    with the records after it. Killed before the write-out, the file is empty: no
+    record was in it, and it goes without a report."""
+    scenario.write(5)
+    scenario.vol.abandon()
+    last = segments(scenario.dir)[-1]
+    empty = os.path.join(os.path.dirname(last), f"{seg_id(last) + 1:016x}.seg")
+    open(empty, "wb").close()
+    vol = scenario.reopen()
+    assert vol.recovery_report == []
+    assert not os.path.exists(empty)
+    scenario.check(5)
+    scenario.check_goes_on()
+
+
 def test_damage_past_the_markers_drops_them(tmp_path) -> None:  # type: ignore[no-untyped-def]
     # One big segment: no segment is sealed, so no checkpoint moves the start of
     # the recovery walk past the damage (older records are not re-verified).
