@@ -1,14 +1,12 @@
 """The log's write buffer: records are copied into memory, written out later.
 
 A record used to go into the segment's page cache with one ``pwritev`` on the
-writer's thread, the event loop. That system call was most of the engine's cost
-per small write (about 6 of 15 us here), the pages it dirtied were written back
-by the kernel at its own pace, and buffered writes to a growing file reached
-only about 250 MB/s on this disk. Now the writer copies the record into a slab
-of anonymous memory (under a microsecond for 4 KiB), and whoever makes the log
-durable (a group commit, or the committer streaming it out every MiB) writes the
-slabs to the segment in whole aligned blocks (through the page cache, or past
-it with VolumeOptions.direct_log), and then syncs. Until the records' data is
+writer's thread, the event loop: about 6 of the engine's 15 us per small write
+here. Now the writer copies the record into a slab of anonymous memory (about
+1.5 us for 4 KiB), and whoever makes the log durable (a group commit, or the
+committer streaming it out every MiB) writes the slabs to the segment in whole
+aligned blocks, one system call for many records (through the page cache, or
+past it with VolumeOptions.direct_log), and then syncs. Until the records' data is
 applied to the primary, the slab also serves it: overlay reads and the apply
 itself read memory, not the log file.
 

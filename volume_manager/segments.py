@@ -182,9 +182,9 @@ class LogWalker:
                 if sid != seg + 1:
                     self.stop = ScanStop(sid, 0, f"segment {seg + 1} is missing")
                     return
-                if sid == ids[-1] and self._files.size(fh) == 0:
-                    # Made by a segment roll whose header, buffered with the
-                    # records after it, was never written out: no record is in it.
+                if all(self._files.size(self._segments[i]) == 0 for i in ids[ids.index(sid):]):
+                    # Made by segment rolls whose headers, buffered with the records
+                    # after them, were never written out: no record is in them.
                     return
                 hdr = read_segment_header(self._files, fh)
                 if hdr is None:
