@@ -66,11 +66,9 @@ def _first_seq_at(vol: Volume, seg: int, off: int) -> int:
         raise PointError(f"log segment {seg} needed for this point is gone")
     if off == SEGMENT_HEADER_SIZE:
         return s.first_seq
-    # The file may go on past the records with zeros (segments.py): its end is
-    # where the volume says the records end.
-    end = vol._seg_end if s is getattr(vol, "_active", None) else s.end
-    hdr = vol.files.pread(s.fh, HEADER.size, off) if off < end else b""
-    if len(hdr) < HEADER.size or not any(hdr):  # the end of a segment (zeros: padding)
+    hdr = vol.files.pread(s.fh, HEADER.size, off)
+    # The end of a segment, whose file may go on with zero padding (segments.py).
+    if len(hdr) < HEADER.size or not any(hdr):
         return vol._segments[seg + 1].first_seq if seg + 1 in vol._segments else vol._seq + 1
     return int(HEADER.unpack(hdr)[4])
 

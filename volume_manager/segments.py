@@ -176,13 +176,13 @@ class LogWalker:
         seg, off = self._seg, self._off
         ids = sorted(s for s in self._segments if s >= seg)
         first = True
-        for sid in ids:
+        for k, sid in enumerate(ids):
             fh = self._segments[sid]
             if not first:
                 if sid != seg + 1:
                     self.stop = ScanStop(sid, 0, f"segment {seg + 1} is missing")
                     return
-                if all(self._files.size(self._segments[i]) == 0 for i in ids[ids.index(sid):]):
+                if all(self._files.size(self._segments[i]) == 0 for i in ids[k:]):
                     # Made by segment rolls whose headers, buffered with the records
                     # after them, were never written out: no record is in them.
                     return

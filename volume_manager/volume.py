@@ -627,13 +627,6 @@ class Volume:
             for slab, a, b in todo:
                 self._write_slab(slab, a, b)
                 slab.written = b  # only this thread, under _log_io_lock, moves it
-                if not self.options.direct_log:
-                    # Through the page cache: the disk starts on it now, so the
-                    # commit's fdatasync has less left to wait for.
-                    lo = a - a % ALIGN
-                    with contextlib.suppress(OSError):  # only a hint
-                        self.files.start_writeback(self._segments[slab.seg].wfh,
-                                                   slab.start + lo, b - lo)
 
     def _write_slab(self, slab: Slab, a: int, b: int) -> None:
         """Write slab bytes [a, b) to the file, in whole blocks: from the start of
@@ -664,6 +657,11 @@ class Volume:
             done = self.files.pwritev(seg.wfh, bufs, slab.start + lo)
         if done != size:
             raise OSError(errno.EIO, f"short write to log segment {seg.id}")
+        if not self.options.direct_log:
+            # Through the page cache: the disk starts on it now, so the commit's
+            # fdatasync has less left to wait for.
+            with contextlib.suppress(OSError):  # only a hint
+                self.files.start_writeback(seg.wfh, slab.start + lo, size)
 
     def _release_slabs(self, applied: int) -> None:
         """Let go of the slabs whose records are all written out and applied
