@@ -19,7 +19,8 @@ Locks: ``_lock`` guards the hot-path state and is held for microseconds;
 views, jobs) so that they see a stable list of maps. fsync and log writes run
 outside ``_lock`` so writers go on while a commit waits on the disk. Taken in
 this order: ``_job_lock``, ``_commit_lock``, ``_log_io_lock`` (log write-out),
-``_primary_lock``, ``_lock``.
+``_primary_lock``, ``_lock``, ``_next_cond`` (the next segment, prepared
+ahead).
 """
 
 from __future__ import annotations
@@ -82,6 +83,9 @@ _UNMAP = int(RecordType.UNMAP)
 _FUA = int(RecordFlag.FUA)
 _HEADER_REST = struct.Struct("<BBHQQQII")
 _U32 = struct.Struct("<I")
+# Segments made ready ahead of the writer (Volume._prepare_next): one took up
+# to 0.6 s to reserve while commits ran, longer than a segment of 1 MiB writes.
+_PREPARED_AHEAD = 2
 _WRITEBACK_BYTES = 1 << 20
 # How far ahead of a sequential reader the primary is read (see _read_ahead).
 _READ_AHEAD = 8 << 20
@@ -102,20 +106,26 @@ class VolumeOptions:
     segment_bytes: int = 64 << 20
     # The overlay of unapplied writes is bounded: past the soft limit the
     # committer is woken, past the hard limit the writer commits inline. The
-    # gap is what writers may run ahead of one group commit: that commit's
-    # fdatasync of 100-250 MiB of log took 0.4-0.6 s here under 1 MiB writes,
-    # and with 32 MiB the event loop itself committed every other time, unable
-    # to receive meanwhile (1 GiB of 1 MiB writes: 5.5-7.2 s, now 4.0-5.1 s).
-    # The overlay costs about 48 bytes of index per record, and its data stays
-    # in the log's write buffer (memory) until it is applied.
+    # gap is what writers may run ahead of the group commits, which go at the
+    # disk's pace: a burst of writes faster than the disk is absorbed as long
+    # as it fits (as a write-back cache would, with the log's order kept). With
+    # 256 MiB, 1 GiB of 1 MiB writes took 5.2-6.3 s here, the event loop
+    # committing inline a third of the time; with 2 GiB, 2.6-3.1 s. The
+    # overlay costs about 48 bytes of index per record; its data is in the
+    # write buffer (below) or, past it, the log's page cache.
     pending_soft_bytes: int = 8 << 20
-    pending_hard_bytes: int = 256 << 20
+    pending_hard_bytes: int = 2 << 30
+    # Memory the log's write buffer keeps (logbuf.py). Past it, buffered log
+    # that is written out is let go before its records are applied: they are
+    # then read back from the log file (the page cache, as a rule).
+    buffer_bytes: int = 256 << 20
     # Disk space for the active segment is reserved ahead of the records in
     # steps of this many bytes (FileLayer.reserve), so that a full secondary
     # fails the write that needs the space, when it is made, and never the
     # later write-out of records already acknowledged. (A file system without
     # fallocate reserves nothing: there a full secondary fails the volume at the
-    # write-out, and writes acknowledged but not flushed are lost.)
+    # write-out, and writes acknowledged but not flushed are lost.) Reserving
+    # a whole segment at once made 1 MiB writes slower here, not faster.
     reserve_bytes: int = 4 << 20
     # Write the log out with O_DIRECT (past the page cache). Less CPU per write
     # (about 0.4 against 1.8 us per 4 KiB here), but one request in flight at a
@@ -158,6 +168,16 @@ class _Segment:
     wfh: int = -1  # direct handle the write buffer is written out with, until sealed and synced
 
 
+@dataclass(slots=True)
+class _NextSegment:
+    """A segment file made ready ahead of its roll (Volume._prepare_next)."""
+
+    id: int
+    fh: int
+    wfh: int
+    reserved: int  # bytes of disk space reserved in it
+
+
 class Volume:
     """A protected volume. Implements :class:`volume_manager.blockdev.BlockDevice`."""
 
@@ -187,6 +207,12 @@ class Volume:
         self._log_io_lock = threading.Lock()  # writing the buffered log out
         self._primary_lock = threading.Lock()  # the primary's fdatasync and checkpoints
         self._commit_wake = threading.Condition(threading.Lock())
+        # The next segments, made ready by the preparer thread (_prepare_next):
+        # the id being prepared (0: none) and those ready, in order.
+        self._next_cond = threading.Condition(threading.Lock())
+        self._preparing = 0
+        self._next: list[_NextSegment] = []
+        self._next_asked = False
         self._closed = False
         self._failed: BaseException | None = None
         self.views: set[object] = set()
@@ -292,9 +318,11 @@ class Volume:
         self._hdr = bytearray(HEADER_SIZE)
         self._hdr_rest = memoryview(self._hdr)[4:]
         self._slabs: list[Slab] = []  # the write buffer, oldest first (logbuf.py)
-        # As many free slabs as the overlay's hard limit could have in flight;
-        # given back when the volume is idle (_commit_loop).
-        self._pool = SlabPool(max(2, self.options.pending_hard_bytes // SLAB_BYTES))
+        self._spilled_seq = 0  # records up to this one are no longer buffered (_spill)
+        # As many free slabs as the buffer may hold; given back when the volume
+        # is idle (_commit_loop).
+        self._buffer_slabs = max(2, self.options.buffer_bytes // SLAB_BYTES)
+        self._pool = SlabPool(self._buffer_slabs)
         self._scratch = memoryview(mmap.mmap(-1, ALIGN))  # the block at the end of the log
         self._soft_limit = self.options.pending_soft_bytes
         self._segment_bytes = self.options.segment_bytes
@@ -313,10 +341,15 @@ class Volume:
         recovery.recover(self)
         self._start_buffer()
         self._committer = None
+        self._preparer: threading.Thread | None = None
         if self.options.commit_interval is not None:
             self._committer = threading.Thread(target=self._commit_loop, daemon=True,
                                                name=f"commit:{os.path.basename(self.directory)}")
             self._committer.start()
+            self._preparer = threading.Thread(target=self._prepare_loop, daemon=True,
+                                              name=f"space:{os.path.basename(self.directory)}")
+            self._next_asked = True
+            self._preparer.start()
 
     # ------------------------------------------------------------- properties
     @property
@@ -414,7 +447,8 @@ class Volume:
         seq = self._append(_WRITE, flags, lba, count, data)
         self.writes += 1
         self.written_bytes += count * self.block_size
-        if fua or self._pending.bytes > self._soft_limit or not self._write_cache:
+        if (fua or self._pending.bytes > self._soft_limit or not self._write_cache
+                or len(self._slabs) > self._buffer_slabs):
             self._after_append(fua)
         return seq
 
@@ -433,6 +467,8 @@ class Volume:
         self._commit(sync_primary=True)
 
     def _after_append(self, fua: bool) -> None:
+        if len(self._slabs) > self._buffer_slabs:
+            self._relieve_buffer()
         if fua or not self.options.write_cache:
             self._commit(sync_primary=True)
         elif self._pending.bytes > self.options.pending_soft_bytes:
@@ -524,13 +560,21 @@ class Volume:
         new_id = self._active.id + 1
         path = os.path.join(self.log_dir, segment_name(new_id))
         hdr = encode_segment_header(SegmentHeader(self.block_size, new_id, first_seq, self.uuid))
-        fh = self.files.open(path, create=True)
+        ready = self._take_next(new_id)
         wfh = -1
         try:
-            self.files.truncate(fh, 0)
-            wfh = self.files.open(path, direct=self.options.direct_log)
-            reserved = self._reservation(0, SEGMENT_HEADER_SIZE + need)
-            self.files.reserve(wfh, 0, reserved)
+            if ready is not None:
+                fh, wfh, reserved = ready.fh, ready.wfh, ready.reserved
+                if SEGMENT_HEADER_SIZE + need > reserved:  # a record larger than a segment
+                    end = self._reservation(reserved, SEGMENT_HEADER_SIZE + need)
+                    self.files.reserve(wfh, reserved, end - reserved)
+                    reserved = end
+            else:
+                fh = self.files.open(path, create=True)
+                self.files.truncate(fh, 0)
+                wfh = self.files.open(path, direct=self.options.direct_log)
+                reserved = self._reservation(0, SEGMENT_HEADER_SIZE + need)
+                self.files.reserve(wfh, 0, reserved)
         except OSError:
             # Not yet part of the log (no header); the next roll reuses the name.
             for h in (fh, wfh):
@@ -552,6 +596,86 @@ class Volume:
         self._wb_pos = 0
         self._dir_dirty = True
         self._ck_asked += 1
+        if self._preparer is not None:
+            with self._next_cond:
+                self._next_asked = True
+                self._next_cond.notify_all()
+
+    def _take_next(self, new_id: int) -> _NextSegment | None:
+        """The prepared segment ``new_id``, waiting if the preparer is at it now
+        (the writer caught up with it); None if there is none (called with _lock
+        held)."""
+        with self._next_cond:
+            while self._preparing == new_id:
+                self._next_cond.wait()
+            ready = self._next.pop(0) if self._next else None
+        if ready is not None and ready.id != new_id:  # not expected: leave the files be
+            with self._next_cond:
+                stale, self._next = [ready, *self._next], []
+            for r in stale:
+                self._discard_next(r, unlink=False)
+            ready = None
+        return ready
+
+    def _prepare_loop(self) -> None:
+        """The preparer thread: a next segment after every roll (and at open)."""
+        while True:
+            with self._next_cond:
+                while not self._next_asked and not self._closed:
+                    self._next_cond.wait()
+                self._next_asked = False
+            if self._closed:
+                return
+            self._prepare_next()
+
+    def _prepare_next(self) -> None:
+        """Create the segment after the active one, with space for all of it
+        reserved, before the writer needs it (the preparer thread). With the
+        writer reserving 4 MiB steps itself, its fallocates waited for the file
+        system while commits ran, up to half a second each on ext4 here: a third
+        of the event loop's time under 1 MiB writes (1 GiB in 3.8-4.4 s against
+        2.4-2.7 s without them). Until the roll the file is empty, and an empty
+        last segment is the end of the log (FORMAT.md). Best effort: on any error
+        the writer makes the segment itself when it rolls, and meets a full
+        secondary there."""
+        with self._lock:
+            if self._closed:
+                return
+            with self._next_cond:
+                if self._preparing or len(self._next) >= _PREPARED_AHEAD:
+                    return
+                new_id = self._next[-1].id + 1 if self._next else self._active.id + 1
+                self._preparing = new_id
+        ready = None
+        fh = wfh = -1
+        try:
+            path = os.path.join(self.log_dir, segment_name(new_id))
+            fh = self.files.open(path, create=True)
+            self.files.truncate(fh, 0)
+            wfh = self.files.open(path, direct=self.options.direct_log)
+            reserved = self._reservation(0, self._segment_bytes)
+            self.files.reserve(wfh, 0, reserved)
+            ready = _NextSegment(new_id, fh, wfh, reserved)
+        except OSError:
+            for h in (fh, wfh):  # the roll reuses the name
+                if h >= 0:
+                    with contextlib.suppress(OSError):
+                        self.files.close(h)
+        finally:
+            with self._next_cond:
+                self._preparing = 0
+                if ready is not None:
+                    self._next.append(ready)
+                    self._next_asked = True  # the next one after it
+                self._next_cond.notify_all()
+
+    def _discard_next(self, ready: _NextSegment, unlink: bool = True) -> None:
+        for h in (ready.fh, ready.wfh):
+            with contextlib.suppress(OSError):
+                self.files.close(h)
+        if unlink:
+            with contextlib.suppress(OSError):
+                self.files.unlink(os.path.join(self.log_dir, segment_name(ready.id)))
 
     def _reservation(self, start: int, end: int) -> int:
         """Where a reservation from ``start`` that must reach ``end`` ends: a step
@@ -608,7 +732,7 @@ class Volume:
 
     def _read_log(self, fh: int, length: int, offset: int) -> Buffer:
         """``length`` log bytes of the segment open as ``fh``: from the write
-        buffer while it holds them (unapplied records always are), else the file.
+        buffer while it holds them (unapplied records are, unless spilled), else the file.
         Called with _lock held."""
         for slab in reversed(self._slabs):
             if slab.holds(fh, offset, length):
@@ -622,11 +746,49 @@ class Volume:
         Readers of the log files (history, jobs) call this once they know the
         newest record they need; a group commit calls it before its fdatasync."""
         with self._log_io_lock:
+            self._write_out_locked()
+
+    def _write_out_locked(self) -> None:
+        with self._lock:
+            todo = [(s, s.written, s.used) for s in self._slabs if s.used > s.written]
+        for slab, a, b in todo:
+            self._write_slab(slab, a, b)
+            slab.written = b  # only under _log_io_lock does it move
+        if len(self._slabs) > self._buffer_slabs:
             with self._lock:
-                todo = [(s, s.written, s.used) for s in self._slabs if s.used > s.written]
-            for slab, a, b in todo:
-                self._write_slab(slab, a, b)
-                slab.written = b  # only this thread, under _log_io_lock, moves it
+                self._spill()
+
+    def _relieve_buffer(self) -> None:
+        """The write buffer holds more than ``buffer_bytes``: the committer is
+        behind, in an fdatasync or applying. Let go of what is written out; if
+        that is not enough, write out here (to the page cache), unless a write-out
+        is under way (it lets go when done): waiting for it would stall the writer.
+        Cheaper than mapping fresh slabs (about 1 against 2.5 ms per 4 MiB here),
+        and the buffer's memory stays bounded."""
+        with self._lock:
+            self._spill()
+        if len(self._slabs) > self._buffer_slabs and self._log_io_lock.acquire(blocking=False):
+            try:
+                self._write_out_locked()
+            finally:
+                self._log_io_lock.release()
+
+    def _spill(self) -> None:
+        """Let go of the oldest written-out slabs while the buffer holds more than
+        ``buffer_bytes``, applied or not: their records are in the log file now,
+        where _read_log finds them (called with _lock held)."""
+        over = len(self._slabs) - self._buffer_slabs
+        keep = []
+        for slab in self._slabs:
+            # Only the newest slabs can be short of written out (appended since
+            # write_out looked): the ones let go are always the oldest.
+            if over > 0 and slab is not self._slab and slab.written >= slab.used:
+                self._pool.give(slab)
+                self._spilled_seq = max(self._spilled_seq, slab.last_seq)
+                over -= 1
+            else:
+                keep.append(slab)
+        self._slabs = keep
 
     def _write_slab(self, slab: Slab, a: int, b: int) -> None:
         """Write slab bytes [a, b) to the file, in whole blocks: from the start of
@@ -783,26 +945,34 @@ class Volume:
 
     def _apply(self, pieces: list[Piece]) -> None:
         """Write applied records to the primary, in sequence order, from the write
-        buffer (called with _lock held)."""
+        buffer or, for records it let go of (_spill), the log file (called with
+        _lock held)."""
         bs = self.block_size
         fs = self.files
         primary = self._primary
         slabs = self._slabs
         k = 0  # records and slabs are both in sequence order: one pass over each
+        spilled = self._spilled_seq
         for p in pieces:
             n = p.count * bs
             if p.fh < 0:
                 fs.punch_hole(primary, p.lba * bs, n)
                 continue
-            while k < len(slabs) and not slabs[k].holds(p.fh, p.off, n):
-                k += 1
-            if k < len(slabs):
-                slab = slabs[k]
-                a = p.off - slab.start
-                data: Buffer = slab.view[a: a + n]
-            else:  # not expected: every unapplied record is buffered
-                data = self._read_log(p.fh, n, p.off)
-                k = 0
+            data: Buffer
+            if p.seq <= spilled:  # let go of by _spill: the log file has it
+                data = fs.pread(p.fh, n, p.off)
+                if len(data) != n:
+                    raise EngineError(f"log segment is shorter than record {p.seq}")
+            else:
+                while k < len(slabs) and not slabs[k].holds(p.fh, p.off, n):
+                    k += 1
+                if k < len(slabs):
+                    slab = slabs[k]
+                    a = p.off - slab.start
+                    data = slab.view[a: a + n]
+                else:  # not expected: records newer than the spilled are buffered
+                    data = self._read_log(p.fh, n, p.off)
+                    k = 0
             fs.pwrite(primary, data, p.lba * bs)
             if n >= _WRITEBACK_BYTES:
                 # A large record: the disk starts on it while the next is copied,
@@ -1107,20 +1277,27 @@ class Volume:
 
     def abandon(self) -> None:
         """Drop the volume without flushing, as a crash would (tests)."""
-        self._shutdown()
+        self._shutdown(clean=False)
 
-    def _shutdown(self) -> None:
+    def _shutdown(self, clean: bool = True) -> None:
         with self._lock:
             self._closed = True
         with self._commit_wake:
             self._commit_wake.notify_all()
+        with self._next_cond:
+            self._next_cond.notify_all()
         if self._committer is not None and self._committer is not threading.current_thread():
             self._committer.join()
+        if self._preparer is not None:
+            self._preparer.join()
         for s in self._segments.values():
             self.files.close(s.fh)
             if s.wfh >= 0:
                 self.files.close(s.wfh)
         self._segments.clear()
+        for ready in reversed(self._next):  # a crash leaves them (recovery deletes them)
+            self._discard_next(ready, unlink=clean)
+        self._next.clear()
         self._slabs.clear()
         self._pool.trim(0)
         if self._spans is not None:

@@ -207,6 +207,9 @@ def _options(w: Workload, commit_interval: float | None = None) -> VolumeOptions
         commit_interval=commit_interval,
         write_cache=w.write_cache,
         reserve_bytes=w.reserve,
+        # The smallest write buffer: past two slabs, records are let go before
+        # they are applied and read back from the log (Volume._spill).
+        buffer_bytes=0,
     )
 
 def _sim_volume(d: Path, w: Workload, n: int) -> tuple[CrashSimFiles, Volume, Path]:

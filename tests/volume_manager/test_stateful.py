@@ -55,7 +55,9 @@ from volume_manager.history import PointInTimeView
 BS = 512
 NBLOCKS = 64
 SEGMENT_BYTES = 8 << 10
-OPTIONS = VolumeOptions(commit_interval=None, segment_bytes=SEGMENT_BYTES)
+# The smallest write buffer: with segments this small, most records are let go
+# before they are applied and read back from the log file (Volume._spill).
+OPTIONS = VolumeOptions(commit_interval=None, segment_bytes=SEGMENT_BYTES, buffer_bytes=0)
 NAME_POOL = ("alpha", "beta", "gamma", "delta", "eps", "zeta.1", "eta_2")
 
 # A burst of I/O: (kind, lba, count, tag, fua); kind is the block content or "unmap".

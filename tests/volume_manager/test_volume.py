@@ -36,6 +36,7 @@ from volume_manager.points import (
     check_marker_name,
     parse_point,
 )
+from volume_manager.segments import parse_segment_name
 
 BS = 512
 NBLOCKS = 64
@@ -691,6 +692,96 @@ def test_recovery_report_empty_after_clean_close(tmp_path) -> None:  # type: ign
     try:
         assert v.recovery_report == []
         assert (v.seq, v.read(0, NBLOCKS)) == (seq, img)
+    finally:
+        v.close()
+
+
+def test_a_full_write_buffer_lets_go_of_written_out_records(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Small segments, the smallest buffer (two slabs), no commits: a burst of
+    # unapplied writes spills to the log file, and reads and the apply at the
+    # flush take those records from there.
+    opts = VolumeOptions(commit_interval=None, segment_bytes=4096, buffer_bytes=0)
+    v = make(tmp_path, options=opts)
+    want = bytearray(NBLOCKS * BS)
+    for i in range(60):
+        lba, n = (i * 5) % (NBLOCKS - 3), 1 + i % 3
+        data = bytes([i + 1]) * (n * BS)
+        v.write(lba, data)
+        want[lba * BS : (lba + n) * BS] = data
+        assert len(v._slabs) <= 3  # two slabs and the one being filled
+    assert v._spilled_seq > 0 and v._durable_seq == 0
+    with open(str(tmp_path / "vol.img"), "rb") as f:
+        assert f.read() == bytes(NBLOCKS * BS)  # nothing applied yet
+    assert v.read(0, NBLOCKS) == bytes(want)
+    v.flush()
+    with open(str(tmp_path / "vol.img"), "rb") as f:
+        assert f.read() == bytes(want)
+    v.write(0, blocks("z"))
+    want[:BS] = blocks("z")
+    v.flush()
+    v.abandon()
+    v = Volume.open(str(tmp_path / "vol"), options=opts)
+    try:
+        assert v.read(0, NBLOCKS) == bytes(want)
+    finally:
+        v.close()
+
+
+def _segment_files(v: Volume) -> dict[int, int]:
+    """Segment id -> file size, of the files in the log directory."""
+    out = {}
+    for name in os.listdir(v.log_dir):
+        sid = parse_segment_name(name)
+        if sid is not None:
+            out[sid] = os.path.getsize(os.path.join(v.log_dir, name))
+    return out
+
+
+def _wait_for(cond, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + 10
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def test_segments_are_prepared_ahead_and_used_by_the_rolls(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    opts = VolumeOptions(commit_interval=0.05, segment_bytes=16 << 10)
+    v = make(tmp_path, options=opts)
+    want = bytearray(NBLOCKS * BS)
+    try:
+        for round_ in range(4):
+            # Two empty files after the active segment, made by the preparer.
+            _wait_for(lambda: len(_segment_files(v)) >= v._active.id + 2, "prepared segments")
+            files = _segment_files(v)
+            active = v._active.id
+            assert sorted(files) == list(range(min(files), active + 3))
+            assert files[active + 1] == files[active + 2] == 0
+            for i in range(20):  # over two segments of records: rolls into both
+                lba = (round_ * 20 + i) % (NBLOCKS - 4)
+                data = bytes([round_ * 20 + i + 1]) * (4 * BS)
+                v.write(lba, data)
+                want[lba * BS : (lba + 4) * BS] = data
+            assert v._active.id >= active + 2
+            assert v.read(0, NBLOCKS) == bytes(want)
+        v.flush()
+    finally:
+        v.close()
+    # A clean close leaves no empty segment behind, and nothing to recover.
+    assert all(size > 0 for size in _segment_files(v).values())
+    v = Volume.open(str(tmp_path / "vol"), options=opts)
+    try:
+        assert v.recovery_report == []
+        assert v.read(0, NBLOCKS) == bytes(want)
+        _wait_for(lambda: len(_segment_files(v)) >= v._active.id + 2, "prepared segments")
+        v.abandon()  # a crash leaves the prepared files: the end of the log
+    except BaseException:
+        v.close()
+        raise
+    v = Volume.open(str(tmp_path / "vol"), options=OPTIONS)
+    try:
+        assert v.recovery_report == []
+        assert v.read(0, NBLOCKS) == bytes(want)
+        assert all(size > 0 for size in _segment_files(v).values())
     finally:
         v.close()
 
