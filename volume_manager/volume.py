@@ -207,6 +207,10 @@ class Volume:
         self._log_io_lock = threading.Lock()  # writing the buffered log out
         self._primary_lock = threading.Lock()  # the primary's fdatasync and checkpoints
         self._commit_wake = threading.Condition(threading.Lock())
+        # The committer was asked to run and has not yet woken for it: later asks
+        # skip the condition (half of all 4 KiB writes asked while the overlay
+        # was past its soft limit), and an ask made while it is busy is not lost.
+        self._wake_asked = False
         # The next segments, made ready by the preparer thread (_prepare_next):
         # the id being prepared (0: none) and those ready, in order.
         self._next_cond = threading.Condition(threading.Lock())
@@ -474,9 +478,8 @@ class Volume:
         elif self._pending.bytes > self.options.pending_soft_bytes:
             if self._committer is None or self._pending.bytes > self.options.pending_hard_bytes:
                 self._commit(sync_primary=False)
-            else:
-                with self._commit_wake:
-                    self._commit_wake.notify()
+            elif not self._wake_asked:
+                self._wake_committer()
 
     def _append(self, rtype: int, flags: int, lba: int, count: int,
                 payload: bytes | bytearray | memoryview) -> int:
@@ -532,8 +535,7 @@ class Volume:
                 # the disk works while writers go on and the next group commit's
                 # fdatasync has less left to wait for.
                 self._wb_asked = True
-                with self._commit_wake:
-                    self._commit_wake.notify()
+                self._wake_committer()
             self._seq = seq
             # The active segment is always synced by a commit; _unsynced only
             # names sealed segments (added when they roll).
@@ -546,6 +548,11 @@ class Volume:
                 t.rec.frombytes(_TAIL_ROW.pack(lba, count, ext.ZERO_SEG, seq, 0))
                 self._pending.insert(lba, count, seq, -1, 0)
             return seq
+
+    def _wake_committer(self) -> None:
+        with self._commit_wake:
+            self._wake_asked = True
+            self._commit_wake.notify()
 
     def _check_usable(self) -> None:
         if self._closed:
@@ -1011,7 +1018,9 @@ class Volume:
         last = time.monotonic()
         while True:
             with self._commit_wake:
-                self._commit_wake.wait(max(0.0, last + interval - time.monotonic()))
+                if not self._wake_asked:
+                    self._commit_wake.wait(max(0.0, last + interval - time.monotonic()))
+                self._wake_asked = False
             if self._closed:
                 return
             try:
