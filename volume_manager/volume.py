@@ -352,7 +352,7 @@ class Volume:
             self._committer.start()
             self._preparer = threading.Thread(target=self._prepare_loop, daemon=True,
                                               name=f"space:{os.path.basename(self.directory)}")
-            self._next_asked = True
+            # It starts at the first roll: a volume that is not written reserves nothing.
             self._preparer.start()
 
     # ------------------------------------------------------------- properties
@@ -625,7 +625,7 @@ class Volume:
         return ready
 
     def _prepare_loop(self) -> None:
-        """The preparer thread: a next segment after every roll (and at open)."""
+        """The preparer thread: the next segments, after every roll."""
         while True:
             with self._next_cond:
                 while not self._next_asked and not self._closed:

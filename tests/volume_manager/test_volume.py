@@ -748,7 +748,19 @@ def test_segments_are_prepared_ahead_and_used_by_the_rolls(tmp_path) -> None:  #
     opts = VolumeOptions(commit_interval=0.05, segment_bytes=16 << 10)
     v = make(tmp_path, options=opts)
     want = bytearray(NBLOCKS * BS)
+
+    def write_some(first: int, n: int) -> None:
+        for i in range(first, first + n):
+            lba = i % (NBLOCKS - 4)
+            data = bytes([i % 255 + 1]) * (4 * BS)
+            v.write(lba, data)
+            want[lba * BS : (lba + 4) * BS] = data
+
     try:
+        # Nothing is prepared before the first roll: an idle volume reserves nothing.
+        time.sleep(0.2)
+        assert sorted(_segment_files(v)) == [v._active.id]
+        write_some(0, 10)
         for round_ in range(4):
             # Two empty files after the active segment, made by the preparer.
             _wait_for(lambda: len(_segment_files(v)) >= v._active.id + 2, "prepared segments")
@@ -756,11 +768,7 @@ def test_segments_are_prepared_ahead_and_used_by_the_rolls(tmp_path) -> None:  #
             active = v._active.id
             assert sorted(files) == list(range(min(files), active + 3))
             assert files[active + 1] == files[active + 2] == 0
-            for i in range(20):  # over two segments of records: rolls into both
-                lba = (round_ * 20 + i) % (NBLOCKS - 4)
-                data = bytes([round_ * 20 + i + 1]) * (4 * BS)
-                v.write(lba, data)
-                want[lba * BS : (lba + 4) * BS] = data
+            write_some(10 + round_ * 20, 20)  # over two segments: rolls into both
             assert v._active.id >= active + 2
             assert v.read(0, NBLOCKS) == bytes(want)
         v.flush()
@@ -772,7 +780,9 @@ def test_segments_are_prepared_ahead_and_used_by_the_rolls(tmp_path) -> None:  #
     try:
         assert v.recovery_report == []
         assert v.read(0, NBLOCKS) == bytes(want)
+        write_some(100, 10)
         _wait_for(lambda: len(_segment_files(v)) >= v._active.id + 2, "prepared segments")
+        v.flush()
         v.abandon()  # a crash leaves the prepared files: the end of the log
     except BaseException:
         v.close()
