@@ -119,7 +119,6 @@ _SCSI_COMMAND = int(Opcode.SCSI_COMMAND)  # the lane compares it without IntEnum
 # reserved, ITT, SNACK Tag 0, StatSN, ExpCmdSN, MaxCmdSN, ExpDataSN, residuals 0
 # (the layout of pdu_target.SCSIResponse).
 _GOOD_RESPONSE = struct.Struct(">BBxx4x8xI4xIIII8x")
-_NO_DIGESTS = (False, False)  # (header, data): the lane and the packed replies need neither
 _FINAL = 0x80
 # The inline lane's view of a SCSI Command BHS: byte 0, flags, the length word, LUN, ITT,
 # EDTL, CmdSN (ExpStatSN and the CDB are read separately).
@@ -226,7 +225,7 @@ class Connection:
         self._held: dict[int, Pdu | None] = {}  # early CmdSN -> request (None: consumed)
         self._next_ttt = 1
         self._immediate_tasks = 0
-        self._digests = _NO_DIGESTS
+        self._digests = (False, False)
         self._text: TextExchange | None = None
         self._received = False  # bytes arrived since the last tick
         self._last_rx: float | None = None
@@ -248,7 +247,7 @@ class Connection:
             return []
         self._received = True
         if self._inline is not None and self.state is ConnState.NORMAL \
-                and self._digests == _NO_DIGESTS:
+                and self._digests == (False, False):
             data = self._receive_inline(memoryview(data).cast("B"))
         self._reader.receive_data(data)
         self._pump()
@@ -453,31 +452,18 @@ class Connection:
         packed directly; the caller checked it fits one PDU and one burst."""
         if type(data) is FileSpan:
             self.spans_queued = True
-        statsn = self._statsn
-        self._statsn = (statsn + 1) & 0xFFFFFFFF
-        window = self.window
-        self._advertised_max = max_cmdsn = window.max_cmdsn
         header = _DATA_IN_WITH_STATUS.pack(
             Opcode.SCSI_DATA_IN, _DATA_IN_FINAL_STATUS, size, lun_field, itt,
-            NO_TAG, statsn, window.exp_cmdsn, max_cmdsn)  # fmt: skip
-        if self._digests == _NO_DIGESTS and not size & 3:  # the usual: no framing to add
-            self._out += (header, data)
-        else:
-            self._out.extend(frame(header, data, *self._digests))
+            NO_TAG, self._next_statsn(), self.window.exp_cmdsn, self._max())  # fmt: skip
+        self._out.extend(frame(header, data, *self._digests))
 
     def _send_good_status(self, itt: int, r2t_count: int) -> None:
         """GOOD status with nothing to return (writes, most non-data commands), packed
         directly: no sense, no residual; ExpDataSN counts the task's R2Ts (11.4.8)."""
-        statsn = self._statsn
-        self._statsn = (statsn + 1) & 0xFFFFFFFF
-        window = self.window
-        self._advertised_max = max_cmdsn = window.max_cmdsn
-        header = _GOOD_RESPONSE.pack(Opcode.SCSI_RESPONSE, _FINAL, itt, statsn,
-                                     window.exp_cmdsn, max_cmdsn, r2t_count)  # fmt: skip
-        if self._digests == _NO_DIGESTS:
-            self._out.append(header)
-        else:
-            self._out.extend(frame(header, b"", *self._digests))
+        header = _GOOD_RESPONSE.pack(Opcode.SCSI_RESPONSE, _FINAL, itt,
+                                     self._next_statsn(), self.window.exp_cmdsn, self._max(),
+                                     r2t_count)  # fmt: skip
+        self._out.extend(frame(header, b"", *self._digests))
 
     def tick(self, now: float) -> list[Event]:
         """Time passes: target NOP-In pings, their timeout, and window updates (3.2.2.1)."""
