@@ -565,30 +565,21 @@ class Volume:
         record of ``need`` bytes (called with _lock held). Its header goes into the
         write buffer like a record."""
         new_id = self._active.id + 1
-        path = os.path.join(self.log_dir, segment_name(new_id))
         hdr = encode_segment_header(SegmentHeader(self.block_size, new_id, first_seq, self.uuid))
         ready = self._take_next(new_id)
-        wfh = -1
-        try:
-            if ready is not None:
-                fh, wfh, reserved = ready.fh, ready.wfh, ready.reserved
-                if SEGMENT_HEADER_SIZE + need > reserved:  # a record larger than a segment
-                    end = self._reservation(reserved, SEGMENT_HEADER_SIZE + need)
+        if ready is None:
+            reserved = self._reservation(0, SEGMENT_HEADER_SIZE + need)
+            fh, wfh = self._create_segment(new_id, reserved)
+        else:
+            fh, wfh, reserved = ready.fh, ready.wfh, ready.reserved
+            if SEGMENT_HEADER_SIZE + need > reserved:  # a record larger than a segment
+                end = self._reservation(reserved, SEGMENT_HEADER_SIZE + need)
+                try:
                     self.files.reserve(wfh, reserved, end - reserved)
-                    reserved = end
-            else:
-                fh = self.files.open(path, create=True)
-                self.files.truncate(fh, 0)
-                wfh = self.files.open(path, direct=self.options.direct_log)
-                reserved = self._reservation(0, SEGMENT_HEADER_SIZE + need)
-                self.files.reserve(wfh, 0, reserved)
-        except OSError:
-            # Not yet part of the log (no header); the next roll reuses the name.
-            for h in (fh, wfh):
-                if h >= 0:
-                    with contextlib.suppress(OSError):
-                        self.files.close(h)
-            raise
+                except OSError:
+                    self._discard_next(ready, unlink=False)  # the next roll reuses the name
+                    raise
+                reserved = end
         self._active.end = self._seg_end
         self._unsynced.add(self._active.id)  # sealed with unsynced bytes
         seg = self._segments[new_id] = _Segment(new_id, first_seq, fh, wfh=wfh)
@@ -607,6 +598,26 @@ class Volume:
             with self._next_cond:
                 self._next_asked = True
                 self._next_cond.notify_all()
+
+    def _create_segment(self, seg_id: int, reserve: int) -> tuple[int, int]:
+        """Create segment ``seg_id``'s file (emptied if a failed roll left it) with
+        ``reserve`` bytes of disk space reserved; its read and write handles. On an
+        error nothing stays open: the file is not yet part of the log (it has no
+        header), and the next try reuses the name."""
+        path = os.path.join(self.log_dir, segment_name(seg_id))
+        fh = self.files.open(path, create=True)
+        wfh = -1
+        try:
+            self.files.truncate(fh, 0)
+            wfh = self.files.open(path, direct=self.options.direct_log)
+            self.files.reserve(wfh, 0, reserve)
+        except OSError:
+            for h in (fh, wfh):
+                if h >= 0:
+                    with contextlib.suppress(OSError):
+                        self.files.close(h)
+            raise
+        return fh, wfh
 
     def _take_next(self, new_id: int) -> _NextSegment | None:
         """The prepared segment ``new_id``, waiting if the preparer is at it now
@@ -654,20 +665,12 @@ class Volume:
                 new_id = self._next[-1].id + 1 if self._next else self._active.id + 1
                 self._preparing = new_id
         ready = None
-        fh = wfh = -1
         try:
-            path = os.path.join(self.log_dir, segment_name(new_id))
-            fh = self.files.open(path, create=True)
-            self.files.truncate(fh, 0)
-            wfh = self.files.open(path, direct=self.options.direct_log)
             reserved = self._reservation(0, self._segment_bytes)
-            self.files.reserve(wfh, 0, reserved)
+            fh, wfh = self._create_segment(new_id, reserved)
             ready = _NextSegment(new_id, fh, wfh, reserved)
         except OSError:
-            for h in (fh, wfh):  # the roll reuses the name
-                if h >= 0:
-                    with contextlib.suppress(OSError):
-                        self.files.close(h)
+            pass  # the roll makes it, and meets the error there
         finally:
             with self._next_cond:
                 self._preparing = 0

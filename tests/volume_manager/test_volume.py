@@ -7,6 +7,7 @@ baseline) before the call and compare it afterwards.
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import time
@@ -27,6 +28,7 @@ from volume_manager.errors import (
     SecondaryFullError,
     VolumeClosedError,
 )
+from volume_manager.fileio import OsFiles
 from volume_manager.jobs import Cancelled
 from volume_manager.points import (
     AtMarker,
@@ -742,6 +744,40 @@ def _wait_for(cond, what: str) -> None:  # type: ignore[no-untyped-def]
     while not cond():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.01)
+
+
+class _NoNewFiles(OsFiles):
+    """Mock of a fault not produced for real here: creating a file fails with ENOSPC
+    (a file system out of inodes) while ``full`` is set."""
+
+    full = False
+
+    def open(self, path: str, *, create: bool = False, **kw) -> int:  # type: ignore[no-untyped-def,override]
+        if create and self.full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return super().open(path, create=create, **kw)
+
+
+def test_a_roll_that_cannot_create_its_segment_fails_the_write_cleanly(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    files = _NoNewFiles()
+    v = make(tmp_path, options=VolumeOptions(commit_interval=None, segment_bytes=4096),
+             files=files)  # fmt: skip
+    try:
+        v.write(0, blocks("a", 4))
+        files.full = True
+        before = (v.seq, v.read(0, NBLOCKS), sorted(_segment_files(v)))
+        with pytest.raises(SecondaryFullError):
+            for i in range(8):  # the segment fills up: the next write must roll
+                v.write(4 + i, blocks("b"))
+        # The writes before the roll went in; the one that needed it changed nothing.
+        seq = v.seq
+        assert seq > before[0] and sorted(_segment_files(v)) == before[2]
+        files.full = False
+        v.write(20, blocks("c"))
+        assert v.seq == seq + 1 and v.read(20, 1) == blocks("c")
+        v.flush()
+    finally:
+        v.close()
 
 
 def test_segments_are_prepared_ahead_and_used_by_the_rolls(tmp_path) -> None:  # type: ignore[no-untyped-def]
