@@ -43,7 +43,7 @@ from crc32c import crc32c
 
 from volume_manager import extents as ext
 from volume_manager import mapcodec
-from volume_manager.blockdev import FileSpan, SpanSource, blocks_in, check_range
+from volume_manager.blockdev import FileMap, FileSpan, SpanSource, blocks_in, check_range
 from volume_manager.catalog import Catalog, MapRow, MarkerRow
 from volume_manager.errors import (
     CorruptMapError,
@@ -313,6 +313,8 @@ class Volume:
         # own: see SpanSource.
         self._spans = (SpanSource(os.dup(self._primary))
                        if isinstance(self.files, OsFiles) else None)  # fmt: skip
+        self._map = (FileMap(self._primary, self.num_blocks * self.block_size)
+                     if isinstance(self.files, OsFiles) else None)  # fmt: skip
         self._primary_len = 0  # bytes the primary file is known to hold (read_span)
         self._ra_next = -1     # where a sequential reader's next read would start
         self._ra_from = self._ra_until = 0  # the primary is read ahead over this range
@@ -392,6 +394,33 @@ class Volume:
         if len(data) < size:  # a primary file shorter than its size is sparse
             data += bytes(size - len(data))
         return data
+
+    def read_view(self, lba: int, count: int) -> memoryview | None:
+        """``count`` blocks at ``lba`` as a view of the primary file's mapping
+        (blockdev.FileMap), for a transport that sends them as they are, as it would a
+        span; None when :meth:`read` must answer, as for :meth:`read_span`. Safe for
+        the reason given there."""
+        bs = self.block_size
+        start = lba * bs
+        end = start + count * bs
+        if lba < 0 or count <= 0 or lba + count > self.num_blocks:
+            check_range(lba, count, self.num_blocks)
+            return None
+        if start == self._ra_next:
+            self._read_ahead(end)
+        self._ra_next = end
+        pending = self._pending
+        with self._lock:
+            if self._closed:
+                raise VolumeClosedError("volume is closed")
+            fmap = self._map
+            if fmap is None or (pending.bytes and pending.overlaps(lba, count)):
+                return None
+            view = fmap.view(start, end)
+        if view is not None:
+            self.reads += 1
+            self.read_bytes += end - start
+        return view
 
     def read_span(self, lba: int, count: int) -> FileSpan | None:
         """Where ``count`` blocks at ``lba`` lie in the primary file, for a transport to
@@ -1314,6 +1343,9 @@ class Volume:
         self._pool.trim(0)
         if self._spans is not None:
             self._spans.close()
+        if self._map is not None:
+            with self._lock:
+                self._map.close()
         self.files.close(self._primary)
         self.files.close(self._baseline)
         self.catalog.close()

@@ -51,24 +51,23 @@ class Verdict(enum.Enum):
 
 
 class CmdWindow:
-    """ExpCmdSN, MaxCmdSN and the task slots of one session."""
+    """ExpCmdSN, MaxCmdSN and the task slots of one session.
 
-    __slots__ = ("_busy", "_exp", "_window")
+    ``exp_cmdsn`` and ``max_cmdsn`` are plain attributes, read on every command and
+    every response: read them, and change them only through the methods."""
+
+    __slots__ = ("_busy", "_window", "exp_cmdsn", "max_cmdsn")
 
     def __init__(self, exp_cmdsn: int, window: int = 128) -> None:
         if not 1 <= window < _HALF:
             raise ValueError("the command window must hold 1..2**31-1 commands")
-        self._exp = exp_cmdsn & SERIAL_MASK
         self._window = window
         self._busy = 0
+        self._set(exp_cmdsn & SERIAL_MASK)
 
-    @property
-    def exp_cmdsn(self) -> int:
-        return self._exp
-
-    @property
-    def max_cmdsn(self) -> int:
-        return serial_add(self._exp, self._window - self._busy - 1)
+    def _set(self, exp: int) -> None:
+        self.exp_cmdsn = exp
+        self.max_cmdsn = (exp + self._window - self._busy - 1) & SERIAL_MASK
 
     @property
     def busy(self) -> int:
@@ -77,30 +76,32 @@ class CmdWindow:
 
     def classify(self, cmdsn: int) -> Verdict:
         """Where a non-immediate request with ``cmdsn`` goes (section 3.2.2.1)."""
-        if not (serial_le(self._exp, cmdsn) and serial_le(cmdsn, self.max_cmdsn)):
+        if not (serial_le(self.exp_cmdsn, cmdsn) and serial_le(cmdsn, self.max_cmdsn)):
             return Verdict.DROP  # includes every CmdSN while the window is closed
-        return Verdict.DELIVER if cmdsn == self._exp else Verdict.HOLD
+        return Verdict.DELIVER if cmdsn == self.exp_cmdsn else Verdict.HOLD
 
     def is_next(self, cmdsn: int) -> bool:
         """``classify(cmdsn) is Verdict.DELIVER``, in one comparison: the inline lane's
         test (connection.py), which calls ``advance`` once the command has run."""
-        return cmdsn == self._exp and self._busy < self._window
+        return cmdsn == self.exp_cmdsn and self._busy < self._window
 
     def in_window(self, cmdsn: int) -> bool:
         return self.classify(cmdsn) is not Verdict.DROP
 
     def advance(self) -> None:
         """The request with CmdSN == ExpCmdSN was accepted (or consumed by ABORT TASK)."""
-        self._exp = serial_add(self._exp, 1)
+        self._set((self.exp_cmdsn + 1) & SERIAL_MASK)
 
     def acquire(self) -> None:
         """A non-immediate SCSI command became a task: it holds a slot until released."""
         if self._busy >= self._window:
             raise ValueError("the command window is full")
         self._busy += 1
+        self.max_cmdsn = (self.max_cmdsn - 1) & SERIAL_MASK
 
     def release(self) -> None:
         """A task holding a slot finished (status sent) or was aborted."""
         if self._busy == 0:
             raise ValueError("no task slot is in use")
         self._busy -= 1
+        self.max_cmdsn = (self.max_cmdsn + 1) & SERIAL_MASK

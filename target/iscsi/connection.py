@@ -76,6 +76,7 @@ from .pdu import (
     BHS_LEN,
     MAX_DSL,
     NO_TAG,
+    PADDING,
     R2T,
     AsyncEvent,
     AsyncMessage,
@@ -115,6 +116,8 @@ _GOOD, _CHECK_CONDITION, _CONDITION_MET = 0x00, 0x02, 0x04
 _DATA_IN_WITH_STATUS = struct.Struct(">BBxxIQIIIII12x")
 _DATA_IN_FINAL_STATUS = 0x81
 _SCSI_COMMAND = int(Opcode.SCSI_COMMAND)  # the lane compares it without IntEnum's equality
+_SCSI_DATA_IN = int(Opcode.SCSI_DATA_IN)
+_NO_DIGESTS = (False, False)  # Connection._digests when none is negotiated (compared by is)
 # SCSI Response, GOOD, no data: opcode, flags (F), response 0, status 0, length word 0,
 # reserved, ITT, SNACK Tag 0, StatSN, ExpCmdSN, MaxCmdSN, ExpDataSN, residuals 0
 # (the layout of pdu_target.SCSIResponse).
@@ -128,7 +131,8 @@ _ATTR, _SIMPLE = 0x07, 0x01  # task attribute bits; untagged (0) and SIMPLE (1) 
 # Runs a command at once if it can (see Connection._lane); None: not taken, nothing done.
 InlineExecutor = Callable[[object, ScsiCommand], ScsiResponse | None]
 # (lu, cdb, edtl, nexus, spans_ok) -> the data of a plain read, or None having done nothing
-InlineReader = Callable[[object, bytes, int, object, bool], "bytes | bytearray | FileSpan | None"]
+InlineReader = Callable[[object, bytes, int, object, bool],
+                        "bytes | bytearray | memoryview | FileSpan | None"]
 # (lu, cdb, data, nexus) -> True once a plain write is done; False having done nothing. It may
 # raise: the write did nothing then, and the general path runs it again to answer.
 InlineWriter = Callable[[object, bytes, memoryview, object], bool]
@@ -225,7 +229,7 @@ class Connection:
         self._held: dict[int, Pdu | None] = {}  # early CmdSN -> request (None: consumed)
         self._next_ttt = 1
         self._immediate_tasks = 0
-        self._digests = (False, False)
+        self._digests = _NO_DIGESTS
         self._text: TextExchange | None = None
         self._received = False  # bytes arrived since the last tick
         self._last_rx: float | None = None
@@ -247,7 +251,7 @@ class Connection:
             return []
         self._received = True
         if self._inline is not None and self.state is ConnState.NORMAL \
-                and self._digests == (False, False):
+                and self._digests is _NO_DIGESTS:
             data = self._receive_inline(memoryview(data).cast("B"))
         self._reader.receive_data(data)
         self._pump()
@@ -453,9 +457,16 @@ class Connection:
         if type(data) is FileSpan:
             self.spans_queued = True
         header = _DATA_IN_WITH_STATUS.pack(
-            Opcode.SCSI_DATA_IN, _DATA_IN_FINAL_STATUS, size, lun_field, itt,
+            _SCSI_DATA_IN, _DATA_IN_FINAL_STATUS, size, lun_field, itt,
             NO_TAG, self._next_statsn(), self.window.exp_cmdsn, self._max())  # fmt: skip
-        self._out.extend(frame(header, data, *self._digests))
+        if self._digests is _NO_DIGESTS:  # pdu.frame without digests: padded to 4 bytes
+            out = self._out
+            out.append(header)
+            out.append(data)
+            if size & 3:
+                out.append(PADDING[size & 3])
+        else:
+            self._out.extend(frame(header, data, *self._digests))
 
     def _send_good_status(self, itt: int, r2t_count: int) -> None:
         """GOOD status with nothing to return (writes, most non-data commands), packed
@@ -463,7 +474,10 @@ class Connection:
         header = _GOOD_RESPONSE.pack(Opcode.SCSI_RESPONSE, _FINAL, itt,
                                      self._next_statsn(), self.window.exp_cmdsn, self._max(),
                                      r2t_count)  # fmt: skip
-        self._out.extend(frame(header, b"", *self._digests))
+        if self._digests is _NO_DIGESTS:
+            self._out.append(header)
+        else:
+            self._out.extend(frame(header, b"", *self._digests))
 
     def tick(self, now: float) -> list[Event]:
         """Time passes: target NOP-In pings, their timeout, and window updates (3.2.2.1)."""
@@ -549,7 +563,8 @@ class Connection:
         self._reader.configure(max_recv_data_segment_length=params.target_max_recv_dsl,
                                header_digest=params.header_digest,
                                data_digest=params.data_digest)  # fmt: skip
-        self._digests = (params.header_digest, params.data_digest)
+        self._digests = ((params.header_digest, params.data_digest)
+                         if params.header_digest or params.data_digest else _NO_DIGESTS)
         self.window = CmdWindow(result.exp_cmdsn, self.portal.cmd_window)
         self._advertised_max = self.window.max_cmdsn
         self._statsn = result.next_statsn
@@ -776,8 +791,8 @@ class Connection:
 
     def _max(self) -> int:
         """MaxCmdSN for a PDU being built; remembered for window-update NOP-Ins."""
-        self._advertised_max = self.window.max_cmdsn
-        return self._advertised_max
+        self._advertised_max = maxsn = self.window.max_cmdsn
+        return maxsn
 
     def _allocate_ttt(self) -> int:
         ttt = self._next_ttt

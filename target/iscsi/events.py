@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from target.scsi.command import ScsiCommand
 
@@ -29,8 +30,9 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)  # a dict key of the SCSI layer
-class Nexus:
+# A dict key of the SCSI layer, looked up on every command: a tuple hashes in C, where
+# a frozen dataclass calls its generated __hash__.
+class Nexus(NamedTuple):
     """The I_T nexus key handed to the SCSI layer (SAM-5 4.6; RFC 7143 section 4.4.1):
     initiator port = InitiatorName + ISID, target port = TargetName + portal group."""
 

@@ -76,6 +76,7 @@ __all__ = [
     "INITIATOR_PDUS",
     "MAX_DSL",
     "NO_TAG",
+    "PADDING",
     "R2T",
     "TARGET_PDUS",
     "AdditionalHeader",
@@ -129,7 +130,7 @@ TARGET_PDUS: dict[int, type[Pdu]] = {
                 LogoutResponse, R2T, AsyncMessage, Reject)
 }  # fmt: skip
 
-_PADDING = (b"", b"\0\0\0", b"\0\0", b"\0")  # indexed by length % 4
+PADDING = (b"", b"\0\0\0", b"\0\0", b"\0")  # indexed by length % 4
 
 
 def encode(pdu: Pdu, *, header_digest: bool = False,
@@ -149,7 +150,7 @@ def frame(header: bytes, data: OutBuffer, header_digest: bool,
     size = nbytes(data)
     if size:
         out.append(data)
-        pad = _PADDING[size & 3]
+        pad = PADDING[size & 3]
         if data_digest:  # the digest covers data and padding (section 13.1)
             if isinstance(data, FileSpan):  # the connection asks for none with digests
                 raise TypeError("a data digest needs the bytes, not a file span")

@@ -58,7 +58,7 @@ from typing import cast
 from target.scsi.command import ScsiCommand, ScsiResponse
 from target.scsi.lu import LogicalUnit
 from target.scsi.target_luns import execute_without_lu
-from volume_manager.blockdev import FileSpan, SpanSourceClosed
+from volume_manager.blockdev import FileSpan, SpanSourceClosed, copy_mapped, is_mapped
 
 from .chap import ChapConfig
 from .connection import Connection, InlineReader, InlineWriter, NopPolicy
@@ -143,6 +143,7 @@ class IscsiProtocol(asyncio.BufferedProtocol):
         self.conn: Connection | None = None
         self._transport: asyncio.Transport | None = None
         self._fd = -1  # the socket's descriptor when we write it directly
+        self._copy_views = True  # connection_made says
         self._sock: socket.socket | None = None  # the socket, when file spans are sent on it
         self._flow: _Flow | None = None
         self._buffer = bytearray(RECEIVE_BUFFER)
@@ -168,7 +169,12 @@ class IscsiProtocol(asyncio.BufferedProtocol):
             self._fd = sock.fileno()
         # Read data sent as file spans (sendfile) goes to the socket directly, also under
         # uvloop, whose transport holds nothing either while its write buffer size is 0.
-        if plain and (self._fd >= 0 or type(loop).__module__.startswith("uvloop")):
+        uvloop = type(loop).__module__.startswith("uvloop")
+        # What the transport holds it may copy in user space (asyncio's join); uvloop's
+        # keeps the buffers and lets the kernel read them. That decides whether views of
+        # a file mapping are copied before it gets them (_materialized).
+        self._copy_views = not uvloop
+        if plain and (self._fd >= 0 or uvloop):
             # A socket object of our own (a duplicate descriptor): uvloop's stand-in
             # socket has no sendmsg and builds a socket object per setsockopt.
             self._sock = sock.dup()
@@ -322,7 +328,12 @@ class IscsiProtocol(asyncio.BufferedProtocol):
     def _write(self, transport: asyncio.Transport, buffers: list[Buffer]) -> None:
         fd = self._fd
         if fd < 0 or transport.get_write_buffer_size():
-            transport.writelines(buffers)  # keeps order behind bytes the transport holds
+            # The transport keeps order behind bytes it holds. No span is among these
+            # buffers: uvloop's (the common case) takes them as they are.
+            if self._copy_views:
+                self._queue(transport, buffers)
+            else:
+                transport.writelines(buffers)
             return
         for start in range(0, len(buffers), _IOV_MAX):
             group = buffers[start : start + _IOV_MAX]
@@ -333,12 +344,24 @@ class IscsiProtocol(asyncio.BufferedProtocol):
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError:  # let the transport meet the error and report connection_lost
-                transport.writelines(buffers[start:])
+                self._queue(transport, buffers[start:])
                 return
             rest = _remainder(group, sent)
             if rest:  # the socket buffer is full: the transport sends the rest when it can
-                transport.writelines(rest + buffers[start + _IOV_MAX :])
+                self._queue(transport, rest + buffers[start + _IOV_MAX :])
                 return
+
+    def _queue(self, transport: asyncio.Transport, buffers: Sequence[OutBuffer]) -> None:
+        """Leave ``buffers`` to the transport, which sends them when the socket takes
+        them: as bytes it may copy (_materialized). Read data that cannot be read now
+        ends the connection; the initiator's retry meets the error as a read's."""
+        try:
+            transport.writelines(_materialized(buffers, self._copy_views))
+        except OSError as exc:  # SpanSourceClosed: the volume went away under the read
+            log.warning("closing iSCSI connection: read data lost before it was sent: %s",
+                        exc)  # fmt: skip
+            self._closing = True
+            transport.abort()
 
     def _write_spans(self, transport: asyncio.Transport, buffers: list[OutBuffer]) -> None:
         """Send a batch that holds file spans: plain buffers with sendmsg, spans with
@@ -347,7 +370,7 @@ class IscsiProtocol(asyncio.BufferedProtocol):
         transport, spans read into bytes first."""
         sock = self._sock
         if sock is None or transport.get_write_buffer_size():
-            transport.writelines(_materialized(buffers))
+            self._queue(transport, buffers)
             return
         fd = sock.fileno()
         count = len(buffers)
@@ -358,8 +381,7 @@ class IscsiProtocol(asyncio.BufferedProtocol):
                 if type(buf) is FileSpan:
                     sent = buf.send(fd)
                     if sent < buf.length:
-                        transport.writelines([buf[sent:].read(),
-                                              *_materialized(buffers[i + 1 :])])
+                        self._queue(transport, [buf[sent:], *buffers[i + 1 :]])
                         return
                     i += 1
                     continue
@@ -373,7 +395,7 @@ class IscsiProtocol(asyncio.BufferedProtocol):
                     sent = 0
                 rest = _remainder(group, sent)
                 if rest:
-                    transport.writelines([*rest, *_materialized(buffers[j:])])
+                    self._queue(transport, [*rest, *buffers[j:]])
                     return
                 i = j
         except SpanSourceClosed as exc:  # the volume went away under the read
@@ -381,7 +403,7 @@ class IscsiProtocol(asyncio.BufferedProtocol):
             self._closing = True
             transport.abort()
         except OSError:  # let the transport meet the error and report connection_lost
-            transport.writelines(_materialized(buffers[i:]))
+            self._queue(transport, buffers[i:])
 
     def close(self) -> None:
         self._closing = True
@@ -407,9 +429,15 @@ def _inline(lu: object, command: ScsiCommand) -> ScsiResponse | None:
     return cast(LogicalUnit, lu).fast_io(command)
 
 
-def _materialized(buffers: Sequence[OutBuffer]) -> list[Buffer]:
-    """The buffers with every file span read into bytes (for the transport's queue)."""
-    return [buf.read() if isinstance(buf, FileSpan) else buf for buf in buffers]
+def _materialized(buffers: Sequence[OutBuffer], copy_views: bool) -> list[Buffer]:
+    """The buffers as a transport may queue them: file spans read into bytes and, for a
+    transport that copies in user space (``copy_views``), views of a file mapping copied
+    by the kernel (blockdev.FileMap says why). Raises OSError for data that cannot be
+    read."""
+    if not copy_views:
+        return [buf.read() if isinstance(buf, FileSpan) else buf for buf in buffers]
+    return [buf.read() if isinstance(buf, FileSpan) else copy_mapped(buf) if is_mapped(buf)
+            else buf for buf in buffers]  # fmt: skip
 
 
 def _remainder(buffers: Sequence[Buffer], sent: int) -> list[Buffer]:

@@ -28,7 +28,9 @@ class ScsiCommand:
     ``spans_ok``: the transport can send read data given as a
     :class:`volume_manager.blockdev.FileSpan` (it sends with ``sendfile``, computes no
     data digest, and the task need not complete before later ones start), so a large
-    plain read may answer with a span instead of bytes.
+    plain read may answer with a span instead of bytes, and a small one with a view of
+    a :class:`volume_manager.blockdev.FileMap`, which the transport leaves to the
+    kernel to read (it copies one only with ``copy_mapped``).
     """
 
     cdb: bytes | memoryview

@@ -43,10 +43,10 @@ OCCURRED once. A nexus is an opaque hashable key chosen by the transport.
 from __future__ import annotations
 
 import logging
+import struct
 import uuid as uuidlib
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
-from typing import cast
 
 from target.scsi import opcodes, reservations, sbc, spc
 from target.scsi.cdb import Opcode, decode
@@ -83,7 +83,8 @@ _WRITE_10, _WRITE_16 = int(Opcode.WRITE_10), int(Opcode.WRITE_16)
 # While offline, the commands that describe the LU (and REQUEST SENSE) still answer.
 _OFFLINE_OK = _UA_EXEMPT
 # Reads at least this large may answer with a file span (ScsiCommand.spans_ok): below it
-# the extra system calls of sending header and data apart cost more than the copy saved.
+# the extra system calls of sending header and data apart cost more than the copy saved,
+# and they answer with a view of the file's mapping instead (blockdev.FileMap).
 SPAN_MIN_BYTES = 64 * 1024
 
 
@@ -154,20 +155,25 @@ def _exception_to_check(exc: Exception) -> CheckCondition:
     return CheckCondition(SenseKey.HARDWARE_ERROR, Asc.INTERNAL_TARGET_FAILURE)
 
 
+# Byte 1 (flags), LBA, group, transfer length and control of a READ/WRITE (10) and (16).
+_RW10 = struct.Struct(">xBIBHB")
+_RW16 = struct.Struct(">xBQIBB")
+
+
 def _plain_rw(cdb: bytes | memoryview, op10: int, op16: int,
               flag_mask: int) -> tuple[int, int] | None:
     """(LBA, blocks) of a READ or WRITE (10)/(16) with no byte-1 flags in ``flag_mask``,
     group and control 0; None for anything else."""
     op = cdb[0]
-    if op == op10:
-        if len(cdb) < 10 or cdb[1] & flag_mask or cdb[6] or cdb[9]:
-            return None
-        return int.from_bytes(cdb[2:6], "big"), cdb[7] << 8 | cdb[8]
-    if op == op16:
-        if len(cdb) < 16 or cdb[1] & flag_mask or cdb[14] or cdb[15]:
-            return None
-        return int.from_bytes(cdb[2:10], "big"), int.from_bytes(cdb[10:14], "big")
-    return None
+    if op == op10 and len(cdb) >= 10:
+        flags, lba, group, blocks, control = _RW10.unpack_from(cdb)
+    elif op == op16 and len(cdb) >= 16:
+        flags, lba, blocks, group, control = _RW16.unpack_from(cdb)
+    else:
+        return None
+    if flags & flag_mask or group or control:
+        return None
+    return lba, blocks
 
 
 class LogicalUnit:
@@ -177,6 +183,10 @@ class LogicalUnit:
                  target_name: str | None = None,
                  lun_list: Callable[[], Sequence[int]] | None = None) -> None:
         self.device = device
+        # The device's optional fast reads (blockdev.py), looked up once: per read is
+        # per I/O.
+        self._read_view = getattr(device, "read_view", None)
+        self._read_span = getattr(device, "read_span", None)
         self.identity = Identity(uuid, product=product, target_name=target_name)
         self.mode = ModeState()
         self.unit_attentions = UnitAttentions()
@@ -308,7 +318,7 @@ class LogicalUnit:
         return True
 
     def fast_read(self, cdb: bytes | memoryview, edtl: int, nexus: Hashable,
-                  spans_ok: bool = False) -> bytes | bytearray | FileSpan | None:
+                  spans_ok: bool = False) -> bytes | bytearray | memoryview | FileSpan | None:
         """The data of a plain READ (10)/(16) (as ``fast_io`` defines plain), or None
         having done nothing: the full path answers it then, errors included (a read can
         run twice). The transport's per-read entry: no command or response objects.
@@ -323,11 +333,16 @@ class LogicalUnit:
                 or lba + blocks > device.num_blocks or not self._plain_for(nexus)):
             return None
         try:
-            if spans_ok and size >= SPAN_MIN_BYTES:
-                read_span = getattr(device, "read_span", None)
-                span = read_span(lba, blocks) if read_span is not None else None
-                if span is not None:
-                    return cast(FileSpan, span)
+            if spans_ok:
+                if size < SPAN_MIN_BYTES:
+                    if self._read_view is not None:
+                        view: memoryview | None = self._read_view(lba, blocks)
+                        if view is not None:
+                            return view
+                elif self._read_span is not None:
+                    span: FileSpan | None = self._read_span(lba, blocks)
+                    if span is not None:
+                        return span
             data = device.read(lba, blocks)
         except Exception:  # the full path runs it again and reports the error
             return None

@@ -329,9 +329,9 @@ def test_large_reads_go_out_as_file_spans_even_when_the_socket_fills(
             spans.append(span.length)
         return span
 
-    def materialized(buffers: Sequence[OutBuffer]) -> list[Buffer]:
+    def materialized(buffers: Sequence[OutBuffer], copy_views: bool) -> list[Buffer]:
         leftovers.append(sum(1 for b in buffers if isinstance(b, FileSpan)))
-        return real_materialized(buffers)
+        return real_materialized(buffers, copy_views)
 
     monkeypatch.setattr(Volume, "read_span", read_span)
     monkeypatch.setattr(server_module, "_materialized", materialized)
@@ -357,6 +357,63 @@ def test_large_reads_go_out_as_file_spans_even_when_the_socket_fills(
     volume.close()
     assert len(spans) == 6 and all(n == len(content) for n in spans)
     assert any(leftovers), "the socket never filled during a span: the fallback was not run"
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_small_reads_go_out_as_views_of_the_mapping_even_when_the_socket_fills(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loop: str
+) -> None:
+    """Small reads of applied data leave as views of the primary's mapping (FileMap), which
+    only the kernel reads. When the socket fills, asyncio's transport, which joins what it
+    holds in user space, gets copies made by the kernel (copy_mapped); uvloop's, which
+    keeps the buffers, gets the views. Either way every byte arrives, in order."""
+    views: list[int] = []
+    copies: list[int] = []
+    real_read_view, real_copy = Volume.read_view, server_module.copy_mapped
+
+    def read_view(self: Volume, lba: int, count: int) -> memoryview | None:
+        view = real_read_view(self, lba, count)
+        if view is not None:
+            views.append(view.nbytes)
+        return view
+
+    def copy_mapped(view: memoryview) -> bytes:
+        copies.append(view.nbytes)
+        return real_copy(view)
+
+    monkeypatch.setattr(Volume, "read_view", read_view)
+    monkeypatch.setattr(server_module, "copy_mapped", copy_mapped)
+    volume = new_volume(tmp_path)
+    content = os.urandom(4 << 20)
+    volume.write(0, content)
+    volume.flush()  # applied: the primary holds the data, so reads may be views
+    step = 32 << 10
+    reads = [(offset // BLOCK, step) for offset in range(0, len(content), step)] * 2
+
+    async def scenario() -> None:
+        server = await serve(volume)
+        client = await Client.connect(server.port)
+        await client.login()
+        await client.command(TEST_UNIT_READY)  # consume the unit attention
+        got = await _pipelined_reads(client, reads)
+        assert got == [content[lba * BLOCK : lba * BLOCK + n] for lba, n in reads]
+        await client.close()
+        server.close()
+        await server.wait_closed()
+
+    if loop == "uvloop":
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(scenario())
+    else:
+        asyncio.run(scenario())
+    volume.close()
+    assert len(views) == len(reads) and all(n == step for n in views)
+    if loop == "uvloop":
+        assert not copies
+    else:
+        assert copies, "the socket never filled: the transport's fallback was not run"
 
 
 def test_a_span_whose_volume_closed_drops_the_connection(

@@ -31,8 +31,10 @@ from scsi_helpers import (
 
 from target.scsi.command import ScsiCommand, ScsiResponse
 from target.scsi.inquiry import MAX_TRANSFER_BYTES
-from target.scsi.lu import LogicalUnit
+from target.scsi.lu import SPAN_MIN_BYTES, LogicalUnit
 from target.scsi.sense import Asc, ScsiStatus
+from volume_manager import Volume, VolumeOptions
+from volume_manager.blockdev import FileSpan
 
 SIZES = (6, 10, 12, 16)
 SIZES_PROTECT = (10, 12, 16)  # READ(6)/WRITE(6) have no flags byte
@@ -263,3 +265,30 @@ def test_fast_paths_answer_like_the_full_path(tmp_path: Path, op: int, lba: int,
         answers.append((response, lu.device.read(0, NBLOCKS)))
         lu.device.close()  # type: ignore[attr-defined]
     assert answers[0] == answers[1]
+
+
+def test_fast_read_answers_small_reads_with_views_and_large_ones_with_spans(
+    tmp_path: Path,
+) -> None:
+    """On a volume, a plain read the transport may send as it is (spans_ok) comes back as a
+    view of the primary's mapping below SPAN_MIN_BYTES and as a file span from there on;
+    without spans_ok, as bytes. All hold the same data."""
+    size = 2 * SPAN_MIN_BYTES
+    volume = Volume.create(str(tmp_path / "vol"), str(tmp_path / "vol.img"), size=size,
+                           block_size=BS, options=VolumeOptions(commit_interval=None))  # fmt: skip
+    try:
+        lu = ready_lu(volume)  # type: ignore[arg-type]
+        data = pattern(0, size // BS, seed=5)
+        volume.write(0, data)
+        volume.flush()
+        small, large = SPAN_MIN_BYTES // 2, SPAN_MIN_BYTES
+        for n, kind in ((small, memoryview), (large, FileSpan)):
+            cdb = rw(10, 0x28, 2, n // BS, 0)
+            got = lu.fast_read(cdb, n, NEXUS, True)
+            assert isinstance(got, kind)
+            as_bytes = got.read() if isinstance(got, FileSpan) else bytes(got)
+            assert as_bytes == data[2 * BS : 2 * BS + n]
+            plain = lu.fast_read(cdb, n, NEXUS)
+            assert isinstance(plain, bytes) and plain == as_bytes
+    finally:
+        volume.close()
