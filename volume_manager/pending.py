@@ -22,7 +22,7 @@ from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["CHUNK_BLOCKS", "PendingMap", "Piece"]
+__all__ = ["CHUNK_BLOCKS", "RECORD_FIELDS", "PendingMap", "Piece", "pieces"]
 
 CHUNK_SHIFT = 7
 CHUNK_BLOCKS = 1 << CHUNK_SHIFT
@@ -40,6 +40,14 @@ class Piece:
     seq: int
     fh: int   # log segment holding the data; -1: the blocks read as zeros (an unmap)
     off: int  # byte offset of the data of block ``lba`` in that segment
+
+
+RECORD_FIELDS = _W
+
+
+def pieces(records: array[int]) -> list[Piece]:
+    """Rows of records (PendingMap.take_upto) as Pieces."""
+    return [Piece(*records[k: k + _LINK]) for k in range(0, len(records), _W)]
 
 
 # Why flat arrays and not one object per record: an insert is on every host
@@ -149,8 +157,10 @@ class PendingMap:
                 return True
         return False
 
-    def take_upto(self, seq: int) -> list[Piece]:
-        """Remove and return, in sequence order, every record of seq <= ``seq``."""
+    def take_upto(self, seq: int) -> array[int]:
+        """Remove and return, in sequence order, every record of seq <= ``seq``: as
+        rows of RECORD_FIELDS ints (lba, count, seq, fh, off, and one unused), the
+        group commit's input, with no object per record (see :func:`pieces`)."""
         rec = self._rec
         n = len(rec) // _W
         # seq is field 2 of each record and ascending: bisect over record numbers
@@ -162,8 +172,8 @@ class PendingMap:
             else:
                 hi = mid
         if lo == 0:
-            return []
-        taken = [Piece(*rec[k: k + _LINK]) for k in range(0, lo * _W, _W)]
+            return array("q")
+        taken = rec[: lo * _W]
         rest = rec[lo * _W:]
         self._rec = array("q")
         self._base += n

@@ -34,6 +34,7 @@ import struct
 import threading
 import time
 import uuid as uuidlib
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -56,7 +57,7 @@ from volume_manager.errors import (
 )
 from volume_manager.fileio import Buffer, FileLayer, OsFiles
 from volume_manager.logbuf import ALIGN, SLAB_BYTES, ZERO_BLOCK, Slab, SlabPool
-from volume_manager.pending import PendingMap, Piece
+from volume_manager.pending import PendingMap
 from volume_manager.points import check_marker_name
 from volume_manager.records import (
     HEADER_SIZE,
@@ -548,7 +549,7 @@ class Volume:
             seg = self._active
             slab = self._slab
             pos = off - slab.start
-            if pos + size > slab.cap:
+            if pos + size > slab.view.nbytes:
                 slab = self._next_slab(size)
                 pos = off - slab.start
             view = slab.view
@@ -982,42 +983,45 @@ class Volume:
                 self.files.drop_cache(s.fh, start, length)
         self._dropped = upto
 
-    def _apply(self, pieces: list[Piece]) -> None:
-        """Write applied records to the primary, in sequence order, from the write
-        buffer or, for records it let go of (_spill), the log file (called with
-        _lock held)."""
+    def _apply(self, records: array[int]) -> None:
+        """Write applied records (PendingMap.take_upto's rows) to the primary, in
+        sequence order, from the write buffer or, for records it let go of (_spill),
+        the log file (called with _lock held). Per host write: no object per record."""
         bs = self.block_size
         fs = self.files
         primary = self._primary
         slabs = self._slabs
         k = 0  # records and slabs are both in sequence order: one pass over each
+        slab = slabs[0] if slabs else None
         spilled = self._spilled_seq
-        for p in pieces:
-            n = p.count * bs
-            if p.fh < 0:
-                fs.punch_hole(primary, p.lba * bs, n)
+        rows = iter(records)
+        for lba, count, seq, fh, off, _link in zip(rows, rows, rows, rows, rows, rows, strict=True):
+            n = count * bs
+            if fh < 0:
+                fs.punch_hole(primary, lba * bs, n)
                 continue
             data: Buffer
-            if p.seq <= spilled:  # let go of by _spill: the log file has it
-                data = fs.pread(p.fh, n, p.off)
+            if seq <= spilled:  # let go of by _spill: the log file has it
+                data = fs.pread(fh, n, off)
                 if len(data) != n:
-                    raise EngineError(f"log segment is shorter than record {p.seq}")
+                    raise EngineError(f"log segment is shorter than record {seq}")
             else:
-                while k < len(slabs) and not slabs[k].holds(p.fh, p.off, n):
+                while slab is not None and not slab.holds(fh, off, n):
                     k += 1
-                if k < len(slabs):
-                    slab = slabs[k]
-                    a = p.off - slab.start
+                    slab = slabs[k] if k < len(slabs) else None
+                if slab is not None:
+                    a = off - slab.start
                     data = slab.view[a: a + n]
                 else:  # not expected: records newer than the spilled are buffered
-                    data = self._read_log(p.fh, n, p.off)
+                    data = self._read_log(fh, n, off)
                     k = 0
-            fs.pwrite(primary, data, p.lba * bs)
+                    slab = slabs[0] if slabs else None
+            fs.pwrite(primary, data, lba * bs)
             if n >= _WRITEBACK_BYTES:
                 # A large record: the disk starts on it while the next is copied,
                 # so the primary's fdatasync that ends a flush has less to wait for
                 # (its log record is durable already: the write-ahead rule holds).
-                fs.start_writeback(primary, p.lba * bs, n)
+                fs.start_writeback(primary, lba * bs, n)
 
     def _write_checkpoint(self, seq: int, pos: tuple[int, int]) -> None:
         """Record that the primary is durable through ``seq``; redo starts after it.

@@ -9,7 +9,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from volume_manager.pending import CHUNK_BLOCKS, PendingMap
+from volume_manager.pending import CHUNK_BLOCKS, RECORD_FIELDS, PendingMap, pieces
 
 BS = 4
 SPAN = 3 * CHUNK_BLOCKS
@@ -55,7 +55,9 @@ def test_overlay_matches_model(writes: list[tuple[int, int, bool]],
         assert bytes(buf) == _image({b: v[1] for b, v in model.items()}, lo, n, base)
         assert pm.overlaps(lo, n) == any(lo <= b < lo + n for b in model)
     # take_upto returns the old records in order; what is left still overlays right
-    taken = pm.take_upto(cut)
+    rows = pm.take_upto(cut)
+    taken = pieces(rows)
+    assert len(rows) == len(taken) * RECORD_FIELDS
     assert [p.seq for p in taken] == list(range(1, min(cut, len(writes)) + 1))
     primary: dict[int, bytes] = {}
     for p in taken:
@@ -68,6 +70,6 @@ def test_overlay_matches_model(writes: list[tuple[int, int, bool]],
         pm.overlay(lo, n, buf, pread)
         assert bytes(buf) == _image({b: v[1] for b, v in model.items()}, lo, n, base)
     assert pm.bytes == sum(c for _, c, _ in writes[len(taken):]) * BS
-    left = pm.take_upto(1 << 62)
+    left = pieces(pm.take_upto(1 << 62))
     assert [p.seq for p in left] == list(range(len(taken) + 1, len(writes) + 1))
     assert pm.bytes == 0 and len(pm) == 0 and not pm.overlaps(0, SPAN + 40)
