@@ -90,7 +90,8 @@ class CmdWindow:
 
     def advance(self) -> None:
         """The request with CmdSN == ExpCmdSN was accepted (or consumed by ABORT TASK)."""
-        self._set((self.exp_cmdsn + 1) & SERIAL_MASK)
+        self.exp_cmdsn = (self.exp_cmdsn + 1) & SERIAL_MASK
+        self.max_cmdsn = (self.max_cmdsn + 1) & SERIAL_MASK  # the slots in use are as they were
 
     def acquire(self) -> None:
         """A non-immediate SCSI command became a task: it holds a slot until released."""

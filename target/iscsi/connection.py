@@ -131,11 +131,11 @@ _ATTR, _SIMPLE = 0x07, 0x01  # task attribute bits; untagged (0) and SIMPLE (1) 
 # Runs a command at once if it can (see Connection._lane); None: not taken, nothing done.
 InlineExecutor = Callable[[object, ScsiCommand], ScsiResponse | None]
 # (lu, cdb, edtl, nexus, spans_ok) -> the data of a plain read, or None having done nothing
-InlineReader = Callable[[object, bytes, int, object, bool],
+InlineReader = Callable[[object, bytes | memoryview, int, object, bool],
                         "bytes | bytearray | memoryview | FileSpan | None"]
 # (lu, cdb, data, nexus) -> True once a plain write is done; False having done nothing. It may
 # raise: the write did nothing then, and the general path runs it again to answer.
-InlineWriter = Callable[[object, bytes, memoryview, object], bool]
+InlineWriter = Callable[[object, bytes | memoryview, memoryview, object], bool]
 DEFAULT_MAX_WRITE = 64 << 20  # largest EDTL a write may allocate a buffer for
 
 
@@ -337,11 +337,11 @@ class Connection:
             lu = luns.get(lun)
             if lu is None:
                 break
-            cdb = bytes(view[pos + 32 : pos + BHS_LEN])
+            cdb_view = view[pos + 32 : pos + BHS_LEN]  # copied only where it is kept
             if data_out is None and read is not None and edtl:
                 # The bulk of reads: data and GOOD status in one Data-In PDU, with no
                 # command or response objects.
-                data = read(lu, cdb, edtl, nexus, spans and flags & _ATTR <= _SIMPLE)
+                data = read(lu, cdb_view, edtl, nexus, spans and flags & _ATTR <= _SIMPLE)
                 if data is None:
                     break
                 window.advance()
@@ -350,7 +350,7 @@ class Connection:
                 continue
             if data_out is not None and write is not None:
                 try:
-                    if not write(lu, cdb, data_out, nexus):
+                    if not write(lu, cdb_view, data_out, nexus):
                         break
                 except Exception:  # it did nothing: the general path answers it
                     break
@@ -358,6 +358,7 @@ class Connection:
                 pos += size
                 self._send_good_status(itt, 0)
                 continue
+            cdb = bytes(cdb_view)
             response = inline(lu, ScsiCommand(cdb, data_out, edtl, nexus,
                                               spans and flags & _ATTR <= _SIMPLE))
             if response is None:
@@ -456,9 +457,14 @@ class Connection:
         packed directly; the caller checked it fits one PDU and one burst."""
         if type(data) is FileSpan:
             self.spans_queued = True
+        # _next_statsn and _max, inline: this is the per-read path.
+        statsn = self._statsn
+        self._statsn = (statsn + 1) & 0xFFFFFFFF
+        window = self.window
+        self._advertised_max = maxsn = window.max_cmdsn
         header = _DATA_IN_WITH_STATUS.pack(
             _SCSI_DATA_IN, _DATA_IN_FINAL_STATUS, size, lun_field, itt,
-            NO_TAG, self._next_statsn(), self.window.exp_cmdsn, self._max())  # fmt: skip
+            NO_TAG, statsn, window.exp_cmdsn, maxsn)  # fmt: skip
         if self._digests is _NO_DIGESTS:  # pdu.frame without digests: padded to 4 bytes
             out = self._out
             out.append(header)
