@@ -322,8 +322,6 @@ class Volume:
         self._baseline = self.files.open(os.path.join(self.directory, BASELINE))
         self._segments: dict[int, _Segment] = {}
         self._pending = PendingMap(self.block_size)
-        self._hdr = bytearray(HEADER_SIZE)
-        self._hdr_rest = memoryview(self._hdr)[4:]
         self._slabs: list[Slab] = []  # the write buffer, oldest first (logbuf.py)
         self._spilled_seq = 0  # records up to this one are no longer buffered (_spill)
         # As many free slabs as the buffer may hold; given back when the volume
@@ -523,10 +521,6 @@ class Volume:
                 self._check_usable()
             seq = self._seq + 1
             ts = _now_ns()
-            hdr = self._hdr  # reused: copied into the slab before _lock is released
-            _HEADER_REST.pack_into(hdr, 4, rtype, flags, 0, seq, ts, lba, count, plen)
-            crc = crc32c(self._hdr_rest)
-            _U32.pack_into(hdr, 0, crc32c(payload, crc) if plen else crc)
             off = self._seg_end
             end = off + size
             if end > self._reserved or end > self._segment_bytes:
@@ -552,10 +546,15 @@ class Volume:
             if pos + size > slab.view.nbytes:
                 slab = self._next_slab(size)
                 pos = off - slab.start
+            # The record goes straight into the write buffer: header fields, data,
+            # then the CRC of both in front.
             view = slab.view
-            view[pos: pos + HEADER_SIZE] = hdr
+            _HEADER_REST.pack_into(view, pos + 4, rtype, flags, 0, seq, ts, lba, count, plen)
+            crc = crc32c(view[pos + 4: pos + HEADER_SIZE])
             if plen:
                 view[pos + HEADER_SIZE: pos + size] = payload
+                crc = crc32c(payload, crc)
+            _U32.pack_into(view, pos, crc)
             slab.used = pos + size
             slab.last_seq = seq
             self._seg_end = end

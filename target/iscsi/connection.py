@@ -117,6 +117,7 @@ _DATA_IN_WITH_STATUS = struct.Struct(">BBxxIQIIIII12x")
 _DATA_IN_FINAL_STATUS = 0x81
 _SCSI_COMMAND = int(Opcode.SCSI_COMMAND)  # the lane compares it without IntEnum's equality
 _SCSI_DATA_IN = int(Opcode.SCSI_DATA_IN)
+_SCSI_RESPONSE = int(Opcode.SCSI_RESPONSE)
 _NO_DIGESTS = (False, False)  # Connection._digests when none is negotiated (compared by is)
 # SCSI Response, GOOD, no data: opcode, flags (F), response 0, status 0, length word 0,
 # reserved, ITT, SNACK Tag 0, StatSN, ExpCmdSN, MaxCmdSN, ExpDataSN, residuals 0
@@ -477,9 +478,13 @@ class Connection:
     def _send_good_status(self, itt: int, r2t_count: int) -> None:
         """GOOD status with nothing to return (writes, most non-data commands), packed
         directly: no sense, no residual; ExpDataSN counts the task's R2Ts (11.4.8)."""
-        header = _GOOD_RESPONSE.pack(Opcode.SCSI_RESPONSE, _FINAL, itt,
-                                     self._next_statsn(), self.window.exp_cmdsn, self._max(),
-                                     r2t_count)  # fmt: skip
+        # _next_statsn and _max, inline: this is the per-write path.
+        statsn = self._statsn
+        self._statsn = (statsn + 1) & 0xFFFFFFFF
+        window = self.window
+        self._advertised_max = maxsn = window.max_cmdsn
+        header = _GOOD_RESPONSE.pack(_SCSI_RESPONSE, _FINAL, itt, statsn, window.exp_cmdsn,
+                                     maxsn, r2t_count)  # fmt: skip
         if self._digests is _NO_DIGESTS:
             self._out.append(header)
         else:

@@ -62,14 +62,19 @@ PAGES: dict[int, PageDef] = {p.code: p for p in (CACHING, CONTROL)}  # ascending
 
 @dataclass(slots=True)
 class ModeState:
-    """Current page values of one LU."""
+    """Current page values of one LU. Change them only with :meth:`update`, which keeps
+    ``wce`` (read on every write) in step."""
 
     pages: dict[int, bytearray] = field(
         default_factory=lambda: {code: bytearray(p.default) for code, p in PAGES.items()})
+    wce: bool = field(init=False, default=False)
 
-    @property
-    def wce(self) -> bool:
-        return bool(self.pages[CACHING.code][_WCE_BYTE] & _WCE_BIT)
+    def __post_init__(self) -> None:
+        self.update({})
+
+    def update(self, pages: dict[int, bytearray]) -> None:
+        self.pages.update(pages)
+        self.wce = bool(self.pages[CACHING.code][_WCE_BYTE] & _WCE_BIT)
 
     @property
     def d_sense(self) -> bool:
@@ -195,5 +200,5 @@ def mode_select(state: ModeState, cdb: ModeSelect, data: bytes, *, block_size: i
         staged[code] = new
         pos += 2 + plen
     changed = any(state.pages[code] != new for code, new in staged.items())
-    state.pages.update(staged)
+    state.update(staged)
     return changed
