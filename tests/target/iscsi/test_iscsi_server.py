@@ -482,6 +482,46 @@ def test_the_loop_polls_for_its_window_after_a_command_then_sleeps(tmp_path: Pat
     volume.close()
 
 
+def test_a_receive_of_several_commands_starts_no_polling(tmp_path: Path) -> None:
+    """A host with several commands in flight sends the next ones without our polling
+    (POLL_AFTER_BUFFERS): a receive that answers more than one command leaves the loop
+    free to sleep, while one that answers a single command polls."""
+    volume = new_volume(tmp_path)
+
+    async def scenario() -> None:
+        lu = LogicalUnit(volume, uuid=uuid.UUID(bytes=volume.uuid),  # type: ignore[arg-type]
+                         target_name=IQN)  # fmt: skip
+        server = await start_server([Target(IQN, {0: lu})], "127.0.0.1", 0, grace=5.0,
+                                    poll_window=0.2)  # fmt: skip
+        client = await Client.connect(server.port)
+        await client.login()
+        await client.command(TEST_UNIT_READY)
+        await asyncio.sleep(0.25)
+        assert not server.polling
+        itts, wire = [], b""
+        for lba in range(4):  # four reads in one segment: one receive
+            itts.append(client.next_itt())
+            wire += b"".join(bytes(b) for b in encode(SCSICommand(
+                itt=itts[-1], cmdsn=client.cmdsn, read=True, edtl=BLOCK,
+                cdb=read10(lba, 1).ljust(16, b"\0"))))  # fmt: skip
+            client.cmdsn += 1
+        client.writer.write(wire)
+        done = []
+        while len(done) < len(itts):
+            pdu = await client.recv()
+            assert isinstance(pdu, DataIn) and pdu.has_status and pdu.status == 0
+            done.append(pdu.itt)
+        assert done == itts and not server.polling
+        reply = await client.command(read10(0, 1), read=BLOCK)
+        assert reply.status == 0 and server.polling
+        await client.close()
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(scenario())
+    volume.close()
+
+
 class SlowFlushDevice(FileBlockDevice):
     """A file whose flush waits for the test: shows the flush runs off the event loop."""
 
