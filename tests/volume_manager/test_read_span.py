@@ -79,15 +79,19 @@ def test_no_span_past_the_end_of_a_short_primary(tmp_path: Path) -> None:
         vol.close()
 
 
-def test_span_range_checks_like_read(tmp_path: Path) -> None:
+@pytest.mark.parametrize("method", ["read_span", "read_view"])
+def test_span_and_view_range_checks_like_read(tmp_path: Path, method: str) -> None:
     vol = make(tmp_path)
+    fast = getattr(vol, method)
     try:
         with pytest.raises(OutOfRangeError):
-            vol.read_span(NBLOCKS - 1, 2)
+            fast(NBLOCKS - 1, 2)
+        with pytest.raises(OutOfRangeError):
+            fast(-1, 1)
     finally:
         vol.close()
     with pytest.raises(VolumeClosedError):
-        vol.read_span(0, 1)
+        fast(0, 1)
 
 
 def test_a_span_outliving_its_volume_refuses_to_read(tmp_path: Path) -> None:
@@ -110,8 +114,9 @@ def test_a_span_outliving_its_volume_refuses_to_read(tmp_path: Path) -> None:
         os.close(other)
 
 
-def test_no_spans_on_the_crash_simulator(tmp_path: Path) -> None:
-    """Its handles are not descriptors (and sendfile would bypass its bookkeeping)."""
+def test_no_spans_or_views_on_the_crash_simulator(tmp_path: Path) -> None:
+    """Its handles are not descriptors (and sendfile or a mapping would bypass its
+    bookkeeping)."""
     (tmp_path / "vol").mkdir()
     sim = CrashSimFiles()
     vol = make(tmp_path, files=sim, catalog_hook=sim.catalog_hook)
@@ -119,6 +124,7 @@ def test_no_spans_on_the_crash_simulator(tmp_path: Path) -> None:
         vol.write(0, bytes([5]) * BS)
         vol.flush()
         assert vol.read_span(0, 1) is None
+        assert vol.read_view(0, 1) is None
         assert vol.read(0, 1) == bytes([5]) * BS
     finally:
         vol.close()
