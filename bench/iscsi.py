@@ -256,6 +256,17 @@ def workdir(parent: str | None) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def reference_loop_ms() -> float:
+    """CPU time of a fixed pure-Python loop, in ms: how fast the machine is just now. The
+    CPU targets are absolute, and on a shared VM the same loop took 290-520 ms from one
+    hour to the next here; printed so that runs can be compared."""
+    started = time.thread_time()
+    total = 0
+    for i in range(3_000_000):
+        total += i
+    return (time.thread_time() - started) * 1000
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer requests per run (smoke)")
@@ -270,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen = [c for c in cases(args.quick) if not args.only or c.name in args.only.split(",")]
     size = args.size_mib * MiB
     results: list[Result] = []
+    speed = [reference_loop_ms()]
     started = time.monotonic()
     with workdir(args.dir) as wd:
         print(f"  .. writing two {args.size_mib} MiB files of random data in {wd}",
@@ -287,11 +299,13 @@ def main(argv: list[str] | None = None) -> int:
             cdp.stop()
             tgt.stop()
     elapsed = time.monotonic() - started
+    speed.append(reference_loop_ms())
 
     load = os.getloadavg()
     print(f"\niSCSI target vs tgtd, qemu-img bench on 127.0.0.1 (median of {args.rounds}"
           f" alternating rounds; python {platform.python_version()}, {os.cpu_count()} CPUs,"
-          f" load {load[0]:.2f})")
+          f" load {load[0]:.2f}; reference loop {speed[0]:.0f} ms before, {speed[1]:.0f} ms"
+          " after)")
     print(f"  {'case':<14} {'ratio':>6} {'target':>7} {'':4} {'cdp MB/s':>9} {'tgt MB/s':>9}"
           f" {'cdp IOPS':>9} {'cdp us/IO':>10} {'tgt us/IO':>10} {'cpu target':>11}"
           f" {'':4} rounds")
@@ -312,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({
             "rounds": args.rounds, "size_mib": args.size_mib, "loadavg": load,
+            "reference_loop_ms": speed,
             "python": platform.python_version(), "cpus": os.cpu_count(),
             "results": [asdict(r) for r in results]}, indent=2))
     return 0  # benchmarks report, tests assert
