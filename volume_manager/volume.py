@@ -375,12 +375,8 @@ class Volume:
         if lba < 0 or count < 0 or lba + count > self.num_blocks:
             check_range(lba, count, self.num_blocks)
         size = count * self.block_size
-        self.reads += 1
-        self.read_bytes += size
         off = lba * self.block_size
-        if off == self._ra_next:
-            self._read_ahead(off + size)
-        self._ra_next = off + size
+        self._note_read(off, off + size)
         with self._lock:
             if self._closed:
                 raise VolumeClosedError("volume is closed")
@@ -405,9 +401,6 @@ class Volume:
         if lba < 0 or count <= 0 or lba + count > self.num_blocks:
             check_range(lba, count, self.num_blocks)
             return None
-        if start == self._ra_next:
-            self._read_ahead(end)
-        self._ra_next = end
         pending = self._pending
         with self._lock:
             if self._closed:
@@ -417,8 +410,7 @@ class Volume:
                 return None
             view = fmap.view(start, end)
         if view is not None:
-            self.reads += 1
-            self.read_bytes += end - start
+            self._note_read(start, end)
         return view
 
     def read_span(self, lba: int, count: int) -> FileSpan | None:
@@ -443,12 +435,17 @@ class Volume:
                 self._primary_len = self.files.size(self._primary)
                 if end > self._primary_len:
                     return None
+        self._note_read(lba * bs, end)
+        return FileSpan(spans, lba * bs, count * bs)
+
+    def _note_read(self, start: int, end: int) -> None:
+        """Count a read of primary bytes [start, end), and keep the primary read ahead
+        of a reader going sequentially."""
         self.reads += 1
-        self.read_bytes += count * bs
-        if lba * bs == self._ra_next:
+        self.read_bytes += end - start
+        if start == self._ra_next:
             self._read_ahead(end)
         self._ra_next = end
-        return FileSpan(spans, lba * bs, count * bs)
 
     def _read_ahead(self, end: int) -> None:
         """A reader reached ``end`` reading sequentially: keep the primary read ahead of

@@ -63,11 +63,9 @@ class CmdWindow:
             raise ValueError("the command window must hold 1..2**31-1 commands")
         self._window = window
         self._busy = 0
-        self._set(exp_cmdsn & SERIAL_MASK)
-
-    def _set(self, exp: int) -> None:
-        self.exp_cmdsn = exp
-        self.max_cmdsn = (exp + self._window - self._busy - 1) & SERIAL_MASK
+        self.exp_cmdsn = exp_cmdsn & SERIAL_MASK
+        # The last CmdSN the free slots admit; advance, acquire and release move it.
+        self.max_cmdsn = (self.exp_cmdsn + window - 1) & SERIAL_MASK
 
     @property
     def busy(self) -> int:

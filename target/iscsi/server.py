@@ -365,10 +365,13 @@ class IscsiProtocol(asyncio.BufferedProtocol):
         try:
             transport.writelines(_materialized(buffers, self._copy_views))
         except OSError as exc:  # SpanSourceClosed: the volume went away under the read
-            log.warning("closing iSCSI connection: read data lost before it was sent: %s",
-                        exc)  # fmt: skip
-            self._closing = True
-            transport.abort()
+            self._lost_read_data(transport, exc)
+
+    def _lost_read_data(self, transport: asyncio.Transport, exc: OSError) -> None:
+        """Read data could not be read when it was to be sent: end the connection."""
+        log.warning("closing iSCSI connection: read data lost before it was sent: %s", exc)
+        self._closing = True
+        transport.abort()
 
     def _write_spans(self, transport: asyncio.Transport, buffers: list[OutBuffer]) -> None:
         """Send a batch that holds file spans: plain buffers with sendmsg, spans with
@@ -406,9 +409,7 @@ class IscsiProtocol(asyncio.BufferedProtocol):
                     return
                 i = j
         except SpanSourceClosed as exc:  # the volume went away under the read
-            log.warning("closing iSCSI connection: %s", exc)
-            self._closing = True
-            transport.abort()
+            self._lost_read_data(transport, exc)
         except OSError:  # let the transport meet the error and report connection_lost
             self._queue(transport, buffers[i:])
 
@@ -441,9 +442,8 @@ def _materialized(buffers: Sequence[OutBuffer], copy_views: bool) -> list[Buffer
     transport that copies in user space (``copy_views``), views of a file mapping copied
     by the kernel (blockdev.FileMap says why). Raises OSError for data that cannot be
     read."""
-    if not copy_views:
-        return [buf.read() if isinstance(buf, FileSpan) else buf for buf in buffers]
-    return [buf.read() if isinstance(buf, FileSpan) else copy_mapped(buf) if is_mapped(buf)
+    return [buf.read() if isinstance(buf, FileSpan)
+            else copy_mapped(buf) if copy_views and is_mapped(buf)
             else buf for buf in buffers]  # fmt: skip
 
 

@@ -333,16 +333,12 @@ class LogicalUnit:
                 or lba + blocks > device.num_blocks or not self._plain_for(nexus)):
             return None
         try:
-            if spans_ok:
-                if size < SPAN_MIN_BYTES:
-                    if self._read_view is not None:
-                        view: memoryview | None = self._read_view(lba, blocks)
-                        if view is not None:
-                            return view
-                elif self._read_span is not None:
-                    span: FileSpan | None = self._read_span(lba, blocks)
-                    if span is not None:
-                        return span
+            # A view of the file's mapping for a small read, a span for a large one.
+            fast = self._read_view if size < SPAN_MIN_BYTES else self._read_span
+            if spans_ok and fast is not None:
+                direct: memoryview | FileSpan | None = fast(lba, blocks)
+                if direct is not None:
+                    return direct
             data = device.read(lba, blocks)
         except Exception:  # the full path runs it again and reports the error
             return None
