@@ -99,6 +99,9 @@ class UnitAttentions:
 
     def __init__(self) -> None:
         self._queues: dict[Hashable, deque[Asc]] = {}
+        # The nexuses known to have nothing pending: one set lookup on the per-I/O
+        # paths (LogicalUnit.fast_read/fast_write), kept by every change below.
+        self.quiet: set[Hashable] = set()
 
     def _queue(self, nexus: Hashable) -> deque[Asc]:
         queue = self._queues.get(nexus)
@@ -111,22 +114,26 @@ class UnitAttentions:
         for nexus, queue in self._queues.items():
             if nexus != exclude and asc not in queue:
                 queue.append(asc)
+                self.quiet.discard(nexus)
 
     def establish_for(self, asc: Asc, nexus: Hashable) -> None:
         """Queue ``asc`` for one nexus (e.g. the one whose registration was preempted)."""
         queue = self._queue(nexus)
         if asc not in queue:
             queue.append(asc)
+            self.quiet.discard(nexus)
 
     def none_for(self, nexus: Hashable) -> bool:
         """True when ``nexus`` is known and has nothing pending (a new nexus has its
         POWER ON condition to receive first)."""
-        queue = self._queues.get(nexus)
-        return queue is not None and not queue
+        return nexus in self.quiet
 
     def pop(self, nexus: Hashable) -> Asc | None:
         queue = self._queue(nexus)
-        return queue.popleft() if queue else None
+        asc = queue.popleft() if queue else None
+        if not queue:
+            self.quiet.add(nexus)
+        return asc
 
     def pending(self, nexus: Hashable) -> tuple[Asc, ...]:
         return tuple(self._queue(nexus))
@@ -134,6 +141,7 @@ class UnitAttentions:
     def forget(self, nexus: Hashable) -> None:
         """The nexus is gone (logout, connection loss): it starts afresh next time."""
         self._queues.pop(nexus, None)
+        self.quiet.discard(nexus)
 
 
 def _exception_to_check(exc: Exception) -> CheckCondition:
@@ -348,7 +356,7 @@ class LogicalUnit:
         """No reservation, online, no unit attention pending for ``nexus``."""
         res = self.reservations
         return (res.reservation is None and res.spc2_holder is None and self.offline is None
-                and self.unit_attentions.none_for(nexus))
+                and nexus in self.unit_attentions.quiet)
 
     def _run(self, cmd: ScsiCommand) -> Outcome:
         opcode = cmd.cdb[0] if len(cmd.cdb) else -1

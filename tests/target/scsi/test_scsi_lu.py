@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from scsi_helpers import (
     BS,
     EXPECT_GOOD,
@@ -35,8 +37,8 @@ from scsi_helpers import (
 )
 
 from target.scsi.command import ScsiCommand
-from target.scsi.lu import LogicalUnit
-from target.scsi.sense import ScsiStatus
+from target.scsi.lu import LogicalUnit, UnitAttentions
+from target.scsi.sense import Asc, ScsiStatus
 from target.scsi.target_luns import encode_lun, execute_without_lu
 from volume_manager.blockdev import FileBlockDevice
 from volume_manager.errors import (
@@ -99,6 +101,41 @@ def test_reset_and_medium_change_reach_every_nexus(lu: LogicalUnit) -> None:
     lu.medium_changed()
     assert sense_of(run(lu, cdb10(0x28, 0, 1), edtl=BS)) == (0x06, 0x28, 0x00)
     assert sense_of(run(lu, TUR)) == EXPECT_GOOD
+
+
+_UA_OPS = st.lists(st.tuples(st.sampled_from(["establish", "establish_for", "pop", "forget",
+                                              "pending"]),
+                             st.integers(0, 2), st.sampled_from(list(Asc)[:4])),
+                   max_size=40)
+
+
+@given(ops=_UA_OPS)
+def test_quiet_nexuses_are_those_with_nothing_pending(ops: list[tuple[str, int, Asc]]) -> None:
+    """``UnitAttentions.quiet`` (the per-I/O test) against a plain model of the queues."""
+    ua = UnitAttentions()
+    model: dict[int, list[Asc]] = {}
+    for op, nexus, asc in ops:
+        if op == "establish":
+            ua.establish(asc, exclude=nexus)
+            for n, q in model.items():
+                if n != nexus and asc not in q:
+                    q.append(asc)
+        elif op == "establish_for":
+            ua.establish_for(asc, nexus)
+            q = model.setdefault(nexus, [Asc.POWER_ON_RESET])
+            if asc not in q:
+                q.append(asc)
+        elif op == "pop":
+            q = model.setdefault(nexus, [Asc.POWER_ON_RESET])
+            assert ua.pop(nexus) == (q.pop(0) if q else None)
+        elif op == "forget":
+            ua.forget(nexus)
+            model.pop(nexus, None)
+        else:
+            assert ua.pending(nexus) == tuple(model.setdefault(nexus, [Asc.POWER_ON_RESET]))
+        for n in range(3):
+            assert ua.none_for(n) == (n in model and not model[n]), (n, model)
+
 
 
 @pytest.mark.parametrize("luns", [[0], [0, 1], [0, 3, 300], list(range(20))])
