@@ -74,6 +74,8 @@ class SlabPool:
     def __init__(self, keep: int) -> None:
         self._free: list[tuple[mmap.mmap, memoryview]] = []
         self._keep = keep
+        self._holds = 0
+        self._parked: list[Slab] = []
 
     def take(self, seg: int, fh: int, start: int, cap: int) -> Slab:
         if cap == SLAB_BYTES and self._free:
@@ -86,10 +88,26 @@ class SlabPool:
         return Slab(seg, fh, start, mem, view)
 
     def give(self, slab: Slab) -> None:
+        if self._holds:
+            self._parked.append(slab)
+            return
         # Others are unmapped when the last reference goes (a slice handed to a
         # reader may outlive the slab for a moment; closing would break it).
         if slab.cap == SLAB_BYTES and len(self._free) < self._keep:
             self._free.append((slab.mem, slab.view))
+
+    def hold(self) -> None:
+        """Until the matching :meth:`release`, slabs given back are not reused: their
+        bytes stay as they are for a reader that took them before (the group commit
+        applying records outside the volume's lock)."""
+        self._holds += 1
+
+    def release(self) -> None:
+        self._holds -= 1
+        if not self._holds:
+            parked, self._parked = self._parked, []
+            for slab in parked:
+                self.give(slab)
 
     def trim(self, keep: int = 1) -> None:
         """Let go of all but ``keep`` free slabs."""

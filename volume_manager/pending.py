@@ -157,22 +157,32 @@ class PendingMap:
                 return True
         return False
 
-    def take_upto(self, seq: int) -> array[int]:
-        """Remove and return, in sequence order, every record of seq <= ``seq``: as
-        rows of RECORD_FIELDS ints (lba, count, seq, fh, off, and one unused), the
-        group commit's input, with no object per record (see :func:`pieces`)."""
+    def _count_upto(self, seq: int) -> int:
+        """How many records, from the oldest, have seq <= ``seq``."""
         rec = self._rec
-        n = len(rec) // _W
         # seq is field 2 of each record and ascending: bisect over record numbers
-        lo, hi = 0, n
+        lo, hi = 0, len(rec) // _W
         while lo < hi:
             mid = (lo + hi) // 2
             if rec[mid * _W + 2] <= seq:
                 lo = mid + 1
             else:
                 hi = mid
+        return lo
+
+    def upto(self, seq: int) -> array[int]:
+        """Every record of seq <= ``seq``, in sequence order, as rows of RECORD_FIELDS
+        ints (lba, count, seq, fh, off, and one unused), left in place: the group
+        commit's input, with no object per record (see :func:`pieces`)."""
+        return self._rec[: self._count_upto(seq) * _W]
+
+    def take_upto(self, seq: int) -> array[int]:
+        """Remove and return, as :meth:`upto`, every record of seq <= ``seq``."""
+        lo = self._count_upto(seq)
         if lo == 0:
             return array("q")
+        rec = self._rec
+        n = len(rec) // _W
         taken = rec[: lo * _W]
         rest = rec[lo * _W:]
         self._rec = array("q")

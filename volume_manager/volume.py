@@ -88,6 +88,8 @@ _U32 = struct.Struct("<I")
 # to 0.6 s to reserve while commits ran, longer than a segment of 1 MiB writes.
 _PREPARED_AHEAD = 2
 _WRITEBACK_BYTES = 1 << 20
+# Records at least this large are applied with the volume's lock let go (Volume._apply).
+_UNLOCKED_APPLY_BYTES = 64 << 10
 # How far ahead of a sequential reader the primary is read (see _read_ahead).
 _READ_AHEAD = 8 << 20
 _now_ns = time.time_ns
@@ -784,11 +786,11 @@ class Volume:
         with self._log_io_lock:
             self._write_out_locked()
 
-    def _write_out_locked(self) -> None:
+    def _write_out_locked(self, start_writeback: bool = True) -> None:
         with self._lock:
             todo = [(s, s.written, s.used) for s in self._slabs if s.used > s.written]
         for slab, a, b in todo:
-            self._write_slab(slab, a, b)
+            self._write_slab(slab, a, b, start_writeback)
             slab.written = b  # only under _log_io_lock does it move
         if len(self._slabs) > self._buffer_slabs:
             with self._lock:
@@ -805,7 +807,9 @@ class Volume:
             self._spill()
         if len(self._slabs) > self._buffer_slabs and self._log_io_lock.acquire(blocking=False):
             try:
-                self._write_out_locked()
+                # No writeback hint from here: with the disk behind, queueing more
+                # for it blocked the writer (the event loop) for up to half a second.
+                self._write_out_locked(start_writeback=False)
             finally:
                 self._log_io_lock.release()
 
@@ -826,7 +830,7 @@ class Volume:
                 keep.append(slab)
         self._slabs = keep
 
-    def _write_slab(self, slab: Slab, a: int, b: int) -> None:
+    def _write_slab(self, slab: Slab, a: int, b: int, start_writeback: bool = True) -> None:
         """Write slab bytes [a, b) to the file, in whole blocks: from the start of
         the block holding ``a``, and the block holding ``b`` padded with zeros.
         Bytes past ``b`` may be being appended meanwhile, so that block goes
@@ -855,7 +859,7 @@ class Volume:
             done = self.files.pwritev(seg.wfh, bufs, slab.start + lo)
         if done != size:
             raise OSError(errno.EIO, f"short write to log segment {seg.id}")
-        if not self.options.direct_log:
+        if start_writeback and not self.options.direct_log:
             # Through the page cache: the disk starts on it now, so the commit's
             # fdatasync has less left to wait for.
             with contextlib.suppress(OSError):  # only a hint
@@ -946,8 +950,18 @@ class Volume:
             raise
         with self._lock:
             self._durable_seq = max(self._durable_seq, target)
-            self._apply(self._pending.take_upto(target))
-            self._release_slabs(target)
+            # The records stay in the overlay until applied: _apply lets go of the lock
+            # around large copies, and reads of their blocks come from the log meanwhile.
+            records = self._pending.upto(target)
+            slabs = list(self._slabs)
+            spilled = self._spilled_seq
+            self._pool.hold()
+            try:
+                self._apply(records, slabs, spilled)
+                self._pending.take_upto(target)
+                self._release_slabs(target)
+            finally:
+                self._pool.release()
         self._drop_behind(segs, next_pos)
         ck_mine = ck_asked > self._ck_taken
         if ck_mine:
@@ -979,29 +993,29 @@ class Volume:
                 self.files.drop_cache(s.fh, start, length)
         self._dropped = upto
 
-    def _apply(self, records: array[int]) -> None:
-        """Write applied records (PendingMap.take_upto's rows) to the primary, in
-        sequence order, from the write buffer or, for records it let go of (_spill),
-        the log file (called with _lock held). Per host write: no object per record."""
+    def _apply(self, records: array[int], slabs: list[Slab], spilled: int) -> None:
+        """Write durable records (PendingMap rows) to the primary, in sequence order,
+        from the write buffer's ``slabs`` as they were when the commit took them, or,
+        for records it had let go of by then (seq <= ``spilled``, see _spill), from the
+        log file. Called with _lock held; it lets go of it around each large copy, so
+        the event loop goes on meanwhile: held for a whole commit under 1 MiB writes,
+        it had stopped the loop for a sixth of a second per commit, half of the run.
+        Small records keep it: letting go per 4 KiB copy cost more CPU per write in
+        handing the GIL back and forth than the loop gained. Slabs let go of meanwhile
+        keep their bytes (SlabPool.hold). Per host write: no object per record."""
         bs = self.block_size
         fs = self.files
         primary = self._primary
-        slabs = self._slabs
         k = 0  # records and slabs are both in sequence order: one pass over each
         slab = slabs[0] if slabs else None
-        spilled = self._spilled_seq
         rows = iter(records)
         for lba, count, seq, fh, off, _link in zip(rows, rows, rows, rows, rows, rows, strict=True):
             n = count * bs
             if fh < 0:
                 fs.punch_hole(primary, lba * bs, n)
                 continue
-            data: Buffer
-            if seq <= spilled:  # let go of by _spill: the log file has it
-                data = fs.pread(fh, n, off)
-                if len(data) != n:
-                    raise EngineError(f"log segment is shorter than record {seq}")
-            else:
+            data: Buffer | None = None
+            if seq > spilled:
                 while slab is not None and not slab.holds(fh, off, n):
                     k += 1
                     slab = slabs[k] if k < len(slabs) else None
@@ -1009,15 +1023,25 @@ class Volume:
                     a = off - slab.start
                     data = slab.view[a: a + n]
                 else:  # not expected: records newer than the spilled are buffered
-                    data = self._read_log(fh, n, off)
                     k = 0
                     slab = slabs[0] if slabs else None
-            fs.pwrite(primary, data, lba * bs)
-            if n >= _WRITEBACK_BYTES:
-                # A large record: the disk starts on it while the next is copied,
-                # so the primary's fdatasync that ends a flush has less to wait for
-                # (its log record is durable already: the write-ahead rule holds).
-                fs.start_writeback(primary, lba * bs, n)
+            if data is None:  # the log file has it: durable before any apply
+                data = fs.pread(fh, n, off)
+                if len(data) != n:
+                    raise EngineError(f"log segment is shorter than record {seq}")
+            if n < _UNLOCKED_APPLY_BYTES:
+                fs.pwrite(primary, data, lba * bs)
+                continue
+            self._lock.release()
+            try:
+                fs.pwrite(primary, data, lba * bs)
+                if n >= _WRITEBACK_BYTES:
+                    # The disk starts on it while the next is copied, so the primary's
+                    # fdatasync that ends a flush has less to wait for (its log record
+                    # is durable already: the write-ahead rule holds).
+                    fs.start_writeback(primary, lba * bs, n)
+            finally:
+                self._lock.acquire()
 
     def _write_checkpoint(self, seq: int, pos: tuple[int, int]) -> None:
         """Record that the primary is durable through ``seq``; redo starts after it.

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from volume_manager import Volume, VolumeOptions
 from volume_manager.fileio import OsFiles
+from volume_manager.logbuf import SLAB_BYTES
 
 
 class CountingFiles(OsFiles):
@@ -93,6 +94,7 @@ class WritebackFiles(OsFiles):
 
     def __init__(self) -> None:
         self.writebacks: list[tuple[str, int, int]] = []
+        self.started: list[tuple[str, int, int]] = []  # start_writeback calls on the log
         self.syncs = 0
         self.log_handles: set[int] = set()
 
@@ -107,6 +109,11 @@ class WritebackFiles(OsFiles):
         if fh in self.log_handles:
             self.writebacks.append((threading.current_thread().name, offset, n))
         return n
+
+    def start_writeback(self, fh: int, offset: int, length: int) -> None:
+        if fh in self.log_handles:
+            self.started.append((threading.current_thread().name, offset, length))
+        super().start_writeback(fh, offset, length)
 
     def fdatasync(self, fh: int) -> None:  # type: ignore[override]
         self.syncs += 1
@@ -138,6 +145,32 @@ def test_early_writeback_runs_in_the_committer_not_the_writer(tmp_path: Path) ->
             assert a + n - 4096 <= b <= a + n
         assert files.syncs == 0, "writeback alone must not commit before the interval"
         assert vol.read(0, 8) == bytes([1]) * 4096
+    finally:
+        vol.close()
+
+
+def test_a_writer_relieving_a_full_buffer_writes_out_but_queues_no_writeback(
+    tmp_path: Path,
+) -> None:
+    """With the committer behind (here there is none) and the write buffer full, the
+    writer writes the log out itself so that slabs can go, but queues nothing for the
+    disk: with the disk behind, that call blocked the writer, the event loop, for up to
+    half a second under 1 MiB writes."""
+    files = WritebackFiles()
+    vol = Volume.create(str(tmp_path / "sec"), str(tmp_path / "p.img"), size=1 << 25,
+                        files=files,
+                        options=VolumeOptions(commit_interval=None, buffer_bytes=2 * SLAB_BYTES,
+                                              pending_soft_bytes=64 << 20))  # fmt: skip
+    try:
+        chunks = [os.urandom(1 << 20) for _ in range(24)]
+        for i, chunk in enumerate(chunks):
+            vol.write(i * 2048, chunk)
+        # The buffer stayed bounded: the writer wrote the log out, queueing nothing.
+        assert {name for name, _, _ in files.writebacks} == {"MainThread"}
+        assert files.started == [], files.started[:3]
+        assert len(vol._slabs) <= 3
+        vol.flush()
+        assert vol.read(0, 24 * 2048) == b"".join(chunks)
     finally:
         vol.close()
 

@@ -154,7 +154,8 @@ class WriteAheadViolator(Observed):
                         if s != self._active.id] + [self._active]
                 self._unsynced.clear()
                 dir_dirty, self._dir_dirty = self._dir_dirty, False
-                self._apply(self._pending.take_upto(target))
+                self._apply(self._pending.take_upto(target), list(self._slabs),
+                            self._spilled_seq)
             self.files.fdatasync(self._primary)  # primary first: the bug
             self._primary_synced = target
             self.write_out()
