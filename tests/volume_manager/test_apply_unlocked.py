@@ -3,11 +3,11 @@ the volume's lock, so the host's writes and reads go on meanwhile.
 
 While the primary takes the copies, the records stay in the overlay (reads of their
 blocks come from the log), and write-buffer slabs let go of meanwhile keep their bytes
-until the pass ends (SlabPool.hold). The file layer here is the real one with a gate in
-front of the primary's writes: it only holds the apply at its first copy while the test
-acts; every byte still goes to the real file. A stress test runs a reader against a writer
-and a committer at full speed (it caught records leaving the overlay before their copy in
-two runs of three).
+until the pass has gone by them (SlabPool.hold, SlabPool.release_upto). The file layer
+here is the real one with a gate in front of the primary's writes: it only holds the
+apply at a copy while the test acts; every byte still goes to the real file. A stress
+test runs a reader against a writer and a committer at full speed (it caught records
+leaving the overlay before their copy in two runs of three).
 """
 
 from __future__ import annotations
@@ -42,7 +42,42 @@ class GatedFiles(OsFiles):
         return os.pwrite(fh, data, offset)  # type: ignore[arg-type]
 
 
-def make(tmp_path: Path, files: GatedFiles) -> Volume:
+class SteppedFiles(OsFiles):
+    """OsFiles, with each write to one file (``fh``) waiting for a permit while gated."""
+
+    def __init__(self) -> None:
+        self.fh = -1
+        self.gated = True
+        self.permits = 0
+        self.arrived = 0
+        self.cond = threading.Condition()
+
+    def pwrite(self, fh: int, data: object, offset: int) -> int:  # type: ignore[override]
+        if fh == self.fh:
+            with self.cond:
+                self.arrived += 1
+                self.cond.notify_all()
+                self.cond.wait_for(lambda: not self.gated or self.permits > 0, WAIT)
+                if self.gated:
+                    self.permits -= 1
+        return os.pwrite(fh, data, offset)  # type: ignore[arg-type]
+
+    def wait_arrived(self, n: int) -> bool:
+        with self.cond:
+            return self.cond.wait_for(lambda: self.arrived >= n, WAIT)
+
+    def permit(self) -> None:
+        with self.cond:
+            self.permits += 1
+            self.cond.notify_all()
+
+    def ungate(self) -> None:
+        with self.cond:
+            self.gated = False
+            self.cond.notify_all()
+
+
+def make(tmp_path: Path, files: GatedFiles | SteppedFiles) -> Volume:
     vol = Volume.create(str(tmp_path / "vol"), str(tmp_path / "vol.img"), size=NBLOCKS * BS,
                         block_size=BS, files=files,
                         options=VolumeOptions(commit_interval=None, buffer_bytes=2 * SLAB_BYTES,
@@ -130,6 +165,43 @@ def test_slabs_let_go_during_an_apply_keep_their_bytes(tmp_path: Path) -> None:
         assert vol.read(0, NBLOCKS) == model
     finally:
         files.gate.set()
+        vol.close()
+
+
+def test_slabs_an_apply_has_not_passed_are_not_reused_before_it_does(tmp_path: Path) -> None:
+    """The pass frees the parked slabs it has gone by (SlabPool.release_upto) after each
+    unlocked copy, and only those: the writer, filling the buffer while the pass waits at
+    its second copy, must not get a slab holding records the pass has yet to copy."""
+    files = SteppedFiles()
+    vol = make(tmp_path, files)
+    model = bytearray(NBLOCKS * BS)
+    try:
+        first = os.urandom(1536 * BS)  # 6 MiB of 64 KiB records: two slabs
+        for i in range(0, 1536, 16):
+            vol.write(i, first[i * BS : (i + 16) * BS])
+        model[: len(first)] = first
+        flusher, flushed = in_thread(vol.flush)
+
+        def more() -> None:  # 10 MiB elsewhere: the buffer lets go of the first slabs
+            for i in range(1536, 1536 + 2560, 16):
+                data = os.urandom(16 * BS)
+                vol.write(i, data)
+                model[i * BS : (i + 16) * BS] = data
+
+        assert files.wait_arrived(1), "the commit never reached the primary"
+        _, wrote = in_thread(more)  # parked: the pass waits at its first copy
+        assert wrote.wait(WAIT)
+        files.permit()
+        assert files.wait_arrived(2), "the pass did not reach its second copy"
+        _, wrote = in_thread(more)  # takes whatever slabs are free by now
+        assert wrote.wait(WAIT)
+        files.ungate()
+        flusher.join(WAIT)
+        assert flushed.is_set()
+        vol.flush()
+        assert primary_bytes(tmp_path) == model
+    finally:
+        files.ungate()
         vol.close()
 
 
