@@ -332,12 +332,11 @@ class Volume:
         self._pending = PendingMap(self.block_size)
         self._slabs: list[Slab] = []  # the write buffer, oldest first (logbuf.py)
         self._spilled_seq = 0  # records up to this one are no longer buffered (_spill)
-        # As many free slabs as the buffer may hold; given back when the volume
-        # is idle (_commit_loop).
         self._buffer_slabs = max(2, self.options.buffer_bytes // SLAB_BYTES)
-        # Twice the buffer: slabs let go of while a commit applies their records stay
-        # mapped until it has passed them (SlabPool.hold), so a burst has up to that
-        # many at once; kept, no slab is mapped afresh once a burst is under way.
+        # Free slabs kept: twice the buffer, since slabs let go of while a commit
+        # applies their records stay mapped until it has passed them (SlabPool.hold),
+        # so a burst has up to that many at once; kept, none is mapped afresh once a
+        # burst is under way. Lazily freed, then unmapped, when idle (_commit_loop).
         self._pool = SlabPool(2 * self._buffer_slabs)
         self._scratch = memoryview(mmap.mmap(-1, ALIGN))  # the block at the end of the log
         self._soft_limit = self.options.pending_soft_bytes
