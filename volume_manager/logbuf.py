@@ -19,6 +19,8 @@ treats such zeros as the end of the log, and why rewriting the block is safe.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import mmap
 from dataclasses import dataclass, field
 
@@ -34,6 +36,11 @@ SLAB_BYTES = 4 << 20
 ZERO_BLOCK = bytes(ALIGN)
 _FLAGS = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_POPULATE", 0)
 _MADV_FREE: int | None = getattr(mmap, "MADV_FREE", None)
+_MADV_POPULATE_WRITE = 23  # Linux 5.14+; Python 3.11's mmap does not name it
+# Through ctypes, which lets go of the GIL for the call (mmap.madvise holds it).
+_madvise = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).madvise
+_madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_madvise.restype = ctypes.c_int
 
 
 def align_down(n: int) -> int:
@@ -79,6 +86,7 @@ class SlabPool:
         self._parked: list[Slab] = []
         self._lazy = 0  # the free slabs _free[:_lazy] have their pages lazily freed
         self.mapped = 0  # fresh mappings made (for tests and profiling)
+        self.mapped_ahead = 0  # of which added from another thread (add)
 
     def take(self, seg: int, fh: int, start: int, cap: int) -> Slab:
         if cap == SLAB_BYTES and self._free:
@@ -91,6 +99,31 @@ class SlabPool:
             view = memoryview(mem)
             self.mapped += 1
         return Slab(seg, fh, start, mem, view)
+
+    @staticmethod
+    def fresh() -> mmap.mmap:
+        """A new slab's memory, mapped and populated by another thread than the
+        writer's, for :meth:`add`. It touches no pool state and lets go of the GIL
+        while the kernel zeroes the pages (``mmap.mmap`` holds it through
+        ``MAP_POPULATE``: the writer would wait as long as if it mapped them itself)."""
+        mem = mmap.mmap(-1, SLAB_BYTES, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        anchor = ctypes.c_char.from_buffer(mem)
+        try:
+            address = ctypes.addressof(anchor)
+            if _madvise(address, SLAB_BYTES, _MADV_POPULATE_WRITE) != 0:
+                ctypes.memset(address, 0, SLAB_BYTES)  # a kernel before 5.14: touch them
+        finally:
+            del anchor  # the mapping may be closed again
+        return mem
+
+    def add(self, mem: mmap.mmap) -> bool:
+        """Keep ``mem`` from :meth:`fresh` as a free slab, unless the pool is full."""
+        if len(self._free) >= self._keep:
+            return False
+        self._free.append((mem, memoryview(mem)))
+        self.mapped += 1
+        self.mapped_ahead += 1
+        return True
 
     def give(self, slab: Slab) -> None:
         if self._holds:

@@ -87,6 +87,10 @@ _U32 = struct.Struct("<I")
 # Segments made ready ahead of the writer (Volume._prepare_next): one took up
 # to 0.6 s to reserve while commits ran, longer than a segment of 1 MiB writes.
 _PREPARED_AHEAD = 2
+# Free write-buffer slabs below which the preparer maps more ahead of the writer, and
+# how many it maps then.
+_SLABS_LOW = 4
+_SLABS_AHEAD = 8
 _WRITEBACK_BYTES = 1 << 20
 # Records at least this large are applied with the volume's lock let go (Volume._apply).
 _UNLOCKED_APPLY_BYTES = 64 << 10
@@ -226,6 +230,7 @@ class Volume:
         self._preparing = 0
         self._next: list[_NextSegment] = []
         self._next_asked = False
+        self._slabs_asked = False  # the preparer is asked to map slabs ahead
         self._closed = False
         self._failed: BaseException | None = None
         self.views: set[object] = set()
@@ -672,15 +677,38 @@ class Volume:
         return ready
 
     def _prepare_loop(self) -> None:
-        """The preparer thread: the next segments, after every roll."""
+        """The preparer thread: the next segments, after every roll, and write-buffer
+        slabs when the pool runs low."""
         while True:
             with self._next_cond:
-                while not self._next_asked and not self._closed:
+                while not self._next_asked and not self._slabs_asked and not self._closed:
                     self._next_cond.wait()
-                self._next_asked = False
+                segment, self._next_asked = self._next_asked, False
             if self._closed:
                 return
-            self._prepare_next()
+            if self._slabs_asked:
+                self._map_slabs_ahead()
+            if segment:
+                self._prepare_next()
+
+    def _map_slabs_ahead(self) -> None:
+        """Map write-buffer slabs before the writer needs them (the preparer thread).
+        Mapped by the event loop as a burst filled the buffer for the first time, they
+        took a tenth of its time in the first GiB of 1 MiB writes here (588/574 MiB/s
+        against 668/877 with them mapped beforehand)."""
+        made = []
+        try:
+            for _ in range(_SLABS_AHEAD):
+                made.append(SlabPool.fresh())
+        except OSError:
+            pass  # no memory: the writer maps its own, and meets the error if it must
+        finally:
+            with self._lock:
+                self._slabs_asked = False
+                if not self._closed:
+                    for mem in made:
+                        if not self._pool.add(mem):
+                            break
 
     def _prepare_next(self) -> None:
         """Create the segment after the active one, with space for all of it
@@ -767,6 +795,11 @@ class Volume:
         carry = end - start
         cap = max(SLAB_BYTES, carry + need)
         slab = self._pool.take(old.seg, old.fh, start, cap + (-cap) % ALIGN)
+        if len(self._pool) < _SLABS_LOW and self._preparer is not None and \
+                not self._slabs_asked:
+            self._slabs_asked = True
+            with self._next_cond:
+                self._next_cond.notify_all()
         if carry:
             a = start - old.start
             slab.view[:carry] = old.view[a: a + carry]

@@ -87,6 +87,16 @@ def test_trim_lets_go_of_all_but_the_kept() -> None:
     assert len(pool) == 0
 
 
+def test_slabs_mapped_ahead_are_taken_before_any_is_mapped_and_never_past_the_keep() -> None:
+    pool = SlabPool(2)
+    made = [SlabPool.fresh() for _ in range(3)]
+    assert [pool.add(m) for m in made] == [True, True, False]
+    slab = pool.take(1, 3, 0, SLAB_BYTES)
+    assert slab.mem is made[1] and pool.mapped == pool.mapped_ahead == 2
+    slab.view[-5:] = b"fresh"
+    assert bytes(slab.view[-5:]) == b"fresh"
+
+
 # ----------------------------------------------------------------- in a volume
 def _wait_for(cond: Callable[[], bool], seconds: float = 10.0) -> bool:
     deadline = time.monotonic() + seconds
@@ -119,5 +129,23 @@ def test_a_volume_keeps_its_buffer_between_bursts_and_lets_it_go_when_idle_long(
         assert pool.mapped - first <= 2, "the second burst mapped its buffer afresh"
         assert vol.read(0, 24 * 256) == bytes([2]) * (24 << 20)
         assert _wait_for(lambda: len(pool) <= 1), "the buffer stayed after a long idle"
+    finally:
+        vol.close()
+
+
+def test_the_preparer_maps_slabs_ahead_of_the_writer(tmp_path: Path) -> None:
+    """A burst that needs new slabs finds them mapped by the preparer thread, not by
+    the writer (the event loop) itself."""
+    vol = Volume.create(str(tmp_path / "vol"), str(tmp_path / "vol.img"), size=64 << 20,
+                        block_size=4096, options=VolumeOptions(commit_interval=30.0))
+    try:
+        pool = vol._pool
+        for i in range(48):  # 48 MiB: twelve slabs, at a pace the preparer can keep
+            vol.write(i * 256, bytes([i + 1]) * (1 << 20))
+            time.sleep(0.01)
+        by_writer = pool.mapped - pool.mapped_ahead
+        assert pool.mapped_ahead >= 8
+        assert by_writer <= 3, f"the writer mapped {by_writer} slabs itself"
+        assert vol.read(0, 48 * 256) == b"".join(bytes([i + 1]) * (1 << 20) for i in range(48))
     finally:
         vol.close()
