@@ -46,7 +46,7 @@ RECORD_FIELDS = _W
 
 
 def pieces(records: array[int]) -> list[Piece]:
-    """Rows of records (PendingMap.take_upto) as Pieces."""
+    """Rows of records (PendingMap.upto, take_upto) as Pieces."""
     return [Piece(*records[k: k + _LINK]) for k in range(0, len(records), _W)]
 
 
@@ -178,12 +178,18 @@ class PendingMap:
 
     def take_upto(self, seq: int) -> array[int]:
         """Remove and return, as :meth:`upto`, every record of seq <= ``seq``."""
+        taken = self.upto(seq)
+        self.drop_upto(seq)
+        return taken
+
+    def drop_upto(self, seq: int) -> None:
+        """Remove every record of seq <= ``seq`` (the group commit, once it has applied
+        what :meth:`upto` gave it)."""
         lo = self._count_upto(seq)
         if lo == 0:
-            return array("q")
+            return
         rec = self._rec
         n = len(rec) // _W
-        taken = rec[: lo * _W]
         rest = rec[lo * _W:]
         self._rec = array("q")
         self._base += n
@@ -192,4 +198,3 @@ class PendingMap:
         self.bytes = 0
         for k in range(0, len(rest), _W):
             self.insert(*rest[k: k + _LINK])
-        return taken

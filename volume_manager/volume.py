@@ -999,7 +999,7 @@ class Volume:
             self._pool.hold()
             try:
                 self._apply(records, slabs, spilled)
-                self._pending.take_upto(target)
+                self._pending.drop_upto(target)
                 self._release_slabs(target)
             finally:
                 self._pool.release()
