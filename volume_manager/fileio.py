@@ -24,7 +24,7 @@ import errno
 import os
 from typing import Protocol
 
-__all__ = ["DIRECT_ALIGN", "Buffer", "FileLayer", "OsFiles"]
+__all__ = ["DIRECT_ALIGN", "Buffer", "FileLayer", "OsFiles", "libc"]
 
 Buffer = bytes | bytearray | memoryview
 # What a direct handle's writes are aligned to, in file offset, length and memory
@@ -96,12 +96,14 @@ class FileLayer(Protocol):
 
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-_fallocate = _libc.fallocate
+# The C library, loaded once for the engine's calls that Python does not offer (the
+# write buffer's madvise too: logbuf.py).
+libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_fallocate = libc.fallocate
 _fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
 _fallocate.restype = ctypes.c_int
 _SYNC_FILE_RANGE_WRITE = 2
-_sync_file_range = _libc.sync_file_range
+_sync_file_range = libc.sync_file_range
 _sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
 _sync_file_range.restype = ctypes.c_int
 

@@ -20,11 +20,10 @@ treats such zeros as the end of the log, and why rewriting the block is safe.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import mmap
 from dataclasses import dataclass, field
 
-from volume_manager.fileio import DIRECT_ALIGN
+from volume_manager.fileio import DIRECT_ALIGN, libc
 
 __all__ = ["ALIGN", "SLAB_BYTES", "Slab", "SlabPool", "align_down", "align_up"]
 
@@ -38,7 +37,7 @@ _FLAGS = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_POPULATE", 0
 _MADV_FREE: int | None = getattr(mmap, "MADV_FREE", None)
 _MADV_POPULATE_WRITE = 23  # Linux 5.14+; Python 3.11's mmap does not name it
 # Through ctypes, which lets go of the GIL for the call (mmap.madvise holds it).
-_madvise = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).madvise
+_madvise = libc.madvise
 _madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 _madvise.restype = ctypes.c_int
 
