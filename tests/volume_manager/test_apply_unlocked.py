@@ -27,40 +27,30 @@ WAIT = 10.0
 
 
 class GatedFiles(OsFiles):
-    """OsFiles, with writes to one file (``fh``) waiting while the gate is shut."""
+    """OsFiles, with writes to one file (``fh``) waiting while the gate is shut, each
+    for a permit: the test lets them through one at a time or all at once."""
 
     def __init__(self) -> None:
         self.fh = -1
-        self.gate = threading.Event()
-        self.gate.set()
-        self.waiting = threading.Event()
-
-    def pwrite(self, fh: int, data: object, offset: int) -> int:  # type: ignore[override]
-        if fh == self.fh and not self.gate.is_set():
-            self.waiting.set()
-            self.gate.wait(WAIT)
-        return os.pwrite(fh, data, offset)  # type: ignore[arg-type]
-
-
-class SteppedFiles(OsFiles):
-    """OsFiles, with each write to one file (``fh``) waiting for a permit while gated."""
-
-    def __init__(self) -> None:
-        self.fh = -1
-        self.gated = True
+        self.gated = False
         self.permits = 0
-        self.arrived = 0
+        self.arrived = 0  # writes that met the gate shut
         self.cond = threading.Condition()
 
     def pwrite(self, fh: int, data: object, offset: int) -> int:  # type: ignore[override]
         if fh == self.fh:
             with self.cond:
-                self.arrived += 1
-                self.cond.notify_all()
-                self.cond.wait_for(lambda: not self.gated or self.permits > 0, WAIT)
                 if self.gated:
-                    self.permits -= 1
+                    self.arrived += 1
+                    self.cond.notify_all()
+                    self.cond.wait_for(lambda: not self.gated or self.permits > 0, WAIT)
+                    if self.gated:
+                        self.permits -= 1
         return os.pwrite(fh, data, offset)  # type: ignore[arg-type]
+
+    def shut(self) -> None:
+        with self.cond:
+            self.gated = True
 
     def wait_arrived(self, n: int) -> bool:
         with self.cond:
@@ -77,7 +67,7 @@ class SteppedFiles(OsFiles):
             self.cond.notify_all()
 
 
-def make(tmp_path: Path, files: GatedFiles | SteppedFiles) -> Volume:
+def make(tmp_path: Path, files: GatedFiles) -> Volume:
     vol = Volume.create(str(tmp_path / "vol"), str(tmp_path / "vol.img"), size=NBLOCKS * BS,
                         block_size=BS, files=files,
                         options=VolumeOptions(commit_interval=None, buffer_bytes=2 * SLAB_BYTES,
@@ -108,9 +98,9 @@ def test_writes_and_reads_go_on_while_a_commit_applies(tmp_path: Path) -> None:
     try:
         a, c = os.urandom(16 * BS), os.urandom(BS)
         vol.write(0, a)
-        files.gate.clear()
+        files.shut()
         flusher, flushed = in_thread(vol.flush)
-        assert files.waiting.wait(WAIT), "the commit never reached the primary"
+        assert files.wait_arrived(1), "the commit never reached the primary"
         # The apply is held at its first copy. The records are still in the overlay:
         assert vol.read(0, 16) == a
         assert vol.read_view(0, 1) is None
@@ -120,7 +110,7 @@ def test_writes_and_reads_go_on_while_a_commit_applies(tmp_path: Path) -> None:
         assert not flushed.is_set()
         expect = a[: 2 * BS] + c + a[3 * BS :]
         assert vol.read(0, 16) == expect
-        files.gate.set()
+        files.ungate()
         flusher.join(WAIT)
         assert flushed.is_set()
         assert vol.read(0, 16) == expect
@@ -128,7 +118,7 @@ def test_writes_and_reads_go_on_while_a_commit_applies(tmp_path: Path) -> None:
         vol.flush()
         assert primary_bytes(tmp_path)[: 16 * BS] == expect
     finally:
-        files.gate.set()
+        files.ungate()
         vol.close()
 
 
@@ -144,9 +134,9 @@ def test_slabs_let_go_during_an_apply_keep_their_bytes(tmp_path: Path) -> None:
         for i in range(0, 512, 16):
             vol.write(i, first[i * BS : (i + 16) * BS])
         model[: len(first)] = first
-        files.gate.clear()
+        files.shut()
         flusher, flushed = in_thread(vol.flush)
-        assert files.waiting.wait(WAIT)
+        assert files.wait_arrived(1)
 
         def more() -> None:
             for i in range(1024, 1024 + 2560, 16):  # 10 MiB elsewhere: three slabs on
@@ -157,14 +147,14 @@ def test_slabs_let_go_during_an_apply_keep_their_bytes(tmp_path: Path) -> None:
         _, wrote = in_thread(more)
         assert wrote.wait(WAIT / 2), "writes waited for the commit's apply"
         assert not flushed.is_set()
-        files.gate.set()
+        files.ungate()
         flusher.join(WAIT)
         assert flushed.is_set()
         vol.flush()
         assert primary_bytes(tmp_path) == model
         assert vol.read(0, NBLOCKS) == model
     finally:
-        files.gate.set()
+        files.ungate()
         vol.close()
 
 
@@ -172,8 +162,9 @@ def test_slabs_an_apply_has_not_passed_are_not_reused_before_it_does(tmp_path: P
     """The pass frees the parked slabs it has gone by (SlabPool.release_upto) after each
     unlocked copy, and only those: the writer, filling the buffer while the pass waits at
     its second copy, must not get a slab holding records the pass has yet to copy."""
-    files = SteppedFiles()
+    files = GatedFiles()
     vol = make(tmp_path, files)
+    files.shut()
     model = bytearray(NBLOCKS * BS)
     try:
         first = os.urandom(1536 * BS)  # 6 MiB of 64 KiB records: two slabs
