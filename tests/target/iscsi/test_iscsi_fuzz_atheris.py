@@ -27,8 +27,10 @@ def test_atheris_campaign_finds_no_crash(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, str(HERE / "fuzz_connection_atheris.py"), f"-runs={RUNS}",
          "-max_len=2048", "-len_control=0", "-seed=7", f"-artifact_prefix={tmp_path}/"],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
-        text=True, timeout=480, check=False,
+        # TMPDIR: libFuzzer leaves by _exit, so the script's temporary image is never
+        # removed by the script itself; it goes to a directory pytest cleans up.
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp_path)},
+        capture_output=True, text=True, timeout=480, check=False,
     )  # fmt: skip
     report = done.stderr[-3000:]
     assert done.returncode == 0, f"the fuzzer found a crash:\n{report}"
