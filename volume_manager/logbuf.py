@@ -4,9 +4,9 @@ A record used to go into the segment's page cache with one ``pwritev`` on the
 writer's thread, the event loop: about 6 of the engine's 15 us per small write
 here. Now the writer copies the record into a slab of anonymous memory (about
 1.5 us for 4 KiB), and whoever makes the log durable (a group commit, or the
-committer streaming it out every MiB) writes the slabs to the segment in whole
-aligned blocks, one system call for many records (through the page cache, or
-past it with VolumeOptions.direct_log), and then syncs. Until the records' data is
+log writer streaming it out every MiB) writes the slabs to the segment in whole
+aligned blocks, one system call for many records (past the page cache with
+VolumeOptions.direct_log, the default, or through it), and then syncs. Until the records' data is
 applied to the primary, the slab also serves it: overlay reads and the apply
 itself read memory, not the log file.
 

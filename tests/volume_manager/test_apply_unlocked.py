@@ -14,57 +14,15 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
 from pathlib import Path
 
+from gates import WAIT, GatedFiles, in_thread  # tests/volume_manager/ (on sys.path)
+
 from volume_manager import Volume, VolumeOptions
-from volume_manager.fileio import OsFiles
 from volume_manager.logbuf import SLAB_BYTES
 
 BS = 4096
 NBLOCKS = 4096  # 16 MiB
-WAIT = 10.0
-
-
-class GatedFiles(OsFiles):
-    """OsFiles, with writes to one file (``fh``) waiting while the gate is shut, each
-    for a permit: the test lets them through one at a time or all at once."""
-
-    def __init__(self) -> None:
-        self.fh = -1
-        self.gated = False
-        self.permits = 0
-        self.arrived = 0  # writes that met the gate shut
-        self.cond = threading.Condition()
-
-    def pwrite(self, fh: int, data: object, offset: int) -> int:  # type: ignore[override]
-        if fh == self.fh:
-            with self.cond:
-                if self.gated:
-                    self.arrived += 1
-                    self.cond.notify_all()
-                    self.cond.wait_for(lambda: not self.gated or self.permits > 0, WAIT)
-                    if self.gated:
-                        self.permits -= 1
-        return os.pwrite(fh, data, offset)  # type: ignore[arg-type]
-
-    def shut(self) -> None:
-        with self.cond:
-            self.gated = True
-
-    def wait_arrived(self, n: int) -> bool:
-        with self.cond:
-            return self.cond.wait_for(lambda: self.arrived >= n, WAIT)
-
-    def permit(self) -> None:
-        with self.cond:
-            self.permits += 1
-            self.cond.notify_all()
-
-    def ungate(self) -> None:
-        with self.cond:
-            self.gated = False
-            self.cond.notify_all()
 
 
 def make(tmp_path: Path, files: GatedFiles) -> Volume:
@@ -74,18 +32,6 @@ def make(tmp_path: Path, files: GatedFiles) -> Volume:
                                               pending_soft_bytes=64 << 20))  # fmt: skip
     files.fh = vol._primary
     return vol
-
-
-def in_thread(fn: Callable[[], object]) -> tuple[threading.Thread, threading.Event]:
-    done = threading.Event()
-
-    def run() -> None:
-        fn()
-        done.set()
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t, done
 
 
 def primary_bytes(tmp_path: Path, size: int = NBLOCKS * BS) -> bytes:

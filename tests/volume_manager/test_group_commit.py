@@ -12,6 +12,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from volume_manager import Volume, VolumeOptions
 from volume_manager.fileio import OsFiles
 from volume_manager.logbuf import SLAB_BYTES
@@ -120,13 +122,17 @@ class WritebackFiles(OsFiles):
         os.fdatasync(fh)
 
 
-def test_early_writeback_runs_in_the_committer_not_the_writer(tmp_path: Path) -> None:
-    """Appending 4 MiB of log asks the committer to write each MiB out as it fills
-    (the writer's thread is the event loop's and must not wait for the disk), and
-    that alone commits nothing before the commit interval."""
+@pytest.mark.parametrize(("direct_log", "thread"), [(True, "logw:"), (False, "commit:")])
+def test_early_writeback_runs_off_the_writers_thread(tmp_path: Path, direct_log: bool,
+                                                     thread: str) -> None:
+    """Appending 4 MiB of log asks the log writer (direct_log) or else the committer
+    to write each MiB out as it fills (the writer's thread is the event loop's and
+    must not wait for the disk), and that alone commits nothing before the commit
+    interval."""
     files = WritebackFiles()
     vol = Volume.create(str(tmp_path / "sec"), str(tmp_path / "p.img"), size=1 << 24,
-                        files=files, options=VolumeOptions(commit_interval=30.0))
+                        files=files,
+                        options=VolumeOptions(commit_interval=30.0, direct_log=direct_log))
     try:
         files.syncs = 0
         for i in range(1024):
@@ -135,7 +141,7 @@ def test_early_writeback_runs_in_the_committer_not_the_writer(tmp_path: Path) ->
         while sum(n for _, _, n in files.writebacks) < 3 << 20 and time.monotonic() < deadline:
             time.sleep(0.01)
         threads = {name for name, _, _ in files.writebacks}
-        assert threads and all(name.startswith("commit:") for name in threads), threads
+        assert threads and all(name.startswith(thread) for name in threads), threads
         # The ranges follow each other in whole blocks: each write-out starts with
         # the block the previous one ended in (rewritten), none skipped.
         offsets = [(off, n) for _, off, n in files.writebacks]
