@@ -207,6 +207,7 @@ class Connection:
         inline_read: InlineReader | None = None,
         inline_write: InlineWriter | None = None,
         file_spans: bool = False,
+        carry_limit: int = 0,
     ) -> None:
         self.portal = portal
         self.state = ConnState.LOGIN
@@ -221,7 +222,8 @@ class Connection:
         self._visible_of = visible_targets
         self.luns: Mapping[int, object] = {}
         declared = portal.offer.numbers["MaxRecvDataSegmentLength"]
-        self._reader = PduReader(hard_cap=max(hard_cap, min(declared, MAX_DSL)))
+        self._reader = PduReader(hard_cap=max(hard_cap, min(declared, MAX_DSL)),
+                                 carry_limit=carry_limit)
         self._nop = nop or NopPolicy()
         self._max_write = max_write_length
         self._statsn = 0
@@ -242,14 +244,20 @@ class Connection:
         self._lun_numbers: dict[int, int] = {}  # LUN field -> LUN number, for the lane
         # The shell sends FileSpan buffers (sendfile): reads may answer with them.
         self._file_spans = file_spans
+        self._carried_in = (0, 0)  # (bytes carried over, bytes in all) of the last receive
         self.spans_queued = False  # a FileSpan is among the buffers to send
 
     # --- the shell's interface ----------------------------------------------------------
 
-    def receive_data(self, data: Buffer) -> list[Event]:
-        """Feed received bytes; returns the events to act on (module docstring)."""
+    def receive_data(self, data: Buffer, carried: int = 0) -> list[Event]:
+        """Feed received bytes; returns the events to act on (module docstring).
+        ``carried``: ``data`` starts with the ``tail`` of the last call, carried over
+        (framing.py, ``carry_limit``)."""
         if self.state is ConnState.CLOSED:
             return []
+        if carried:
+            self._reader.drop_tail(carried)
+        self._carried_in = (carried, memoryview(data).nbytes)
         self._received = True
         if self._inline is not None and self.state is ConnState.NORMAL \
                 and self._digests is _NO_DIGESTS:
@@ -381,6 +389,21 @@ class Connection:
             tasks[itt] = task
             self.complete(itt, response)
         return pos
+
+    def take_tail(self) -> int:
+        """After ``receive_data`` has been handled: how many bytes at the end of its data
+        the shell moves to the front of its buffer and hands in again, ``carried``, with
+        the next receive: the start of a PDU of at most ``carry_limit`` bytes (framing.py,
+        "Carrying over"). A PDU carried over before and still not whole is assembled
+        instead (0), so each byte is moved at most once."""
+        if self.state is ConnState.CLOSED:
+            return 0
+        tail = self._reader.tail
+        carried, size = self._carried_in
+        if tail and carried and tail == size:
+            self._reader.hold_tail()
+            return 0
+        return tail
 
     @property
     def open(self) -> bool:

@@ -5,10 +5,12 @@ Theory of operation:
 
 - One ``IscsiProtocol`` (an ``asyncio.BufferedProtocol``) per TCP connection. The loop
   receives straight into the protocol's own 1 MiB buffer and ``buffer_updated`` hands a
-  memoryview of it to ``Connection.receive_data``. The buffer is reused from offset 0 on
-  every receive: by the time ``receive_data`` returns, the reader has copied any partial PDU
-  and the connection has copied whatever it keeps (framing.py "Lifetime rule"), and every
-  event that reads PDU data is handled before the next receive.
+  memoryview of it to ``Connection.receive_data``. The buffer is reused on every receive:
+  by the time ``receive_data`` returns, the connection has copied whatever it keeps
+  (framing.py "Lifetime rule"), and every event that reads PDU data is handled before the
+  next receive. A PDU of up to ``CARRY_LIMIT`` bytes that the receive ends inside of is
+  moved to the front of the buffer and the next receive goes after it, so it is decoded
+  in place (framing.py "Carrying over"); a larger one the reader assembles.
 - Events are handled in order, inline. ``ExecuteCommand`` calls ``LogicalUnit.execute`` as
   a plain synchronous call on the loop: the engine's reads and writes hit the page cache in
   microseconds, while a thread hop per command costs 80-100 us of CPU. Only durability
@@ -80,6 +82,9 @@ __all__ = ["IscsiProtocol", "IscsiServer", "Target", "start_server"]
 log = logging.getLogger(__name__)
 
 RECEIVE_BUFFER = 1 << 20  # holds a whole 256 KiB Data-Out PDU several times over
+# PDUs up to this size that a receive ends inside of are carried over to the front of
+# the buffer rather than assembled (framing.py); half, so the next receive has room.
+CARRY_LIMIT = RECEIVE_BUFFER // 2
 TICK_SECONDS = 1.0
 # Commands waiting for a flush before reading pauses: the default CmdSN window, which
 # immediate commands (outside the window) could otherwise exceed.
@@ -153,6 +158,7 @@ class IscsiProtocol(asyncio.BufferedProtocol):
         self._flow: _Flow | None = None
         self._buffer = bytearray(RECEIVE_BUFFER)
         self._view = memoryview(self._buffer)
+        self._carried = 0  # bytes at the front of the buffer carried over
         self._luns: Mapping[int, LogicalUnit] = {}
         self._nexus: Nexus | None = None  # set at login, cleared once its loss is reported
         self.flushing: set[asyncio.Future[ScsiResponse]] = set()
@@ -192,6 +198,7 @@ class IscsiProtocol(asyncio.BufferedProtocol):
             inline_read=cast(InlineReader, LogicalUnit.fast_read),
             inline_write=cast(InlineWriter, LogicalUnit.fast_write),
             file_spans=self._sock is not None and server.file_spans,
+            carry_limit=CARRY_LIMIT,
         )  # fmt: skip
         server.connections.add(self)
         if server.closing:
@@ -203,12 +210,22 @@ class IscsiProtocol(asyncio.BufferedProtocol):
         return None if self._closing else self._nexus
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self._view
+        carried = self._carried
+        return self._view[carried:] if carried else self._view
 
     def buffer_updated(self, nbytes: int) -> None:
         conn = self.conn
         assert conn is not None
-        self._handle(conn.receive_data(self._view[:nbytes]))
+        carried = self._carried
+        end = carried + nbytes
+        view = self._view
+        self._handle(conn.receive_data(view[:end], carried))
+        # Every event is handled: no view of the buffer is left, and the PDU the data
+        # ends inside of moves to the front (framing.py, "Carrying over").
+        tail = conn.take_tail()
+        if tail:
+            view[:tail] = view[end - tail : end]
+        self._carried = tail
         if self._send() <= POLL_AFTER_BUFFERS:
             self.server.keep_polling()
 

@@ -159,11 +159,12 @@ class Initiator:
 def connect(
     lu: object | None = None, *, window: int = 128, mrdsl: int = 262144, auto: bool = True,
     keys: Mapping[str, str] | None = None, nop: NopPolicy | None = None,
+    carry_limit: int = 0,
 ) -> Initiator:
     """A logged-in initiator on a Connection whose LUN 0 is ``lu`` (a FakeLu by default)."""
     unit = FakeLu() if lu is None else lu
     conn = Connection(portal(window), luns=lambda target: {0: unit}, initial_statsn=1000,
-                      nop=nop)  # fmt: skip
+                      nop=nop, carry_limit=carry_limit)  # fmt: skip
     ini = Initiator(conn, mrdsl=mrdsl, auto=auto)
     answer = ini.login(keys)
     assert answer.status_class == 0 and answer.transit

@@ -133,6 +133,41 @@ def test_write_with_immediate_data_only() -> None:
     assert isinstance(lu.commands[-1].data_out, memoryview)
 
 
+def _receive_carrying(ini: Initiator, raw: bytes, piece: int) -> int:
+    """Feed ``raw`` in pieces as server.IscsiProtocol does: into one buffer, the tail the
+    connection asks for moved to the front each time. Returns the bytes moved."""
+    buf = memoryview(bytearray(1 << 20))
+    carried = moved = 0
+    for i in range(0, len(raw), piece):
+        chunk = raw[i : i + piece]
+        end = carried + len(chunk)
+        buf[carried:end] = chunk
+        for event in ini.conn.receive_data(buf[:end], carried):
+            if isinstance(event, ExecuteCommand):
+                ini.pending.append(event)
+        ini.run_pending()
+        carried = ini.conn.take_tail()
+        buf[:carried] = buf[end - carried : end]
+        moved += carried
+    return moved
+
+
+@pytest.mark.parametrize(("piece", "moved"), [(40_000, 40_000), (1000, 1000)])
+def test_a_pdu_split_across_receives_is_carried_over_once(piece: int, moved: int) -> None:
+    """One receive ends inside the command: its start is carried over to the next, once;
+    a command still not whole after that is assembled, not carried again (each byte is
+    moved at most once, however the peer trickles)."""
+    lu = FakeLu(blocks=256)
+    ini = connect(lu, keys={"ImmediateData": "Yes"}, carry_limit=1 << 19)
+    data = bytes(range(255, -1, -1)) * 256  # not the FakeLu's initial pattern
+    cmd = ini.command(write10(0, 128), write=True, edtl=len(data), data=data)
+    raw = b"".join(bytes(b) for b in encode(cmd))
+    assert _receive_carrying(ini, raw, piece) == moved
+    (resp,) = ini.replies()
+    assert isinstance(resp, SCSIResponse) and resp.status == 0
+    assert lu.media[: len(data)] == data
+
+
 def _answer_r2t(ini: Initiator, r2t: R2T, payload: bytes, piece: int) -> None:
     for n, off in enumerate(range(r2t.buffer_offset, r2t.buffer_offset + r2t.desired_length,
                                   piece)):  # fmt: skip

@@ -97,6 +97,108 @@ def test_undrained_data_is_kept() -> None:
     assert [first, *drain(reader)] == INITIATOR_SAMPLES
 
 
+class CarryingShell:
+    """What server.IscsiProtocol does with its one receive buffer (framing.py, "Carrying
+    over"): data goes in after the carried bytes; a tail moves to the front, once."""
+
+    def __init__(self, size: int, limit: int, **kwargs: object) -> None:
+        self.reader = PduReader(max_recv_data_segment_length=BIG, carry_limit=limit,
+                                **kwargs)  # type: ignore[arg-type]  # fmt: skip
+        self.buffer = bytearray(size)
+        self.view = memoryview(self.buffer)
+        self.carried = 0
+        self.moved = 0  # bytes moved to the front, in all
+        self.in_place = 0  # PDUs with data decoded as a view of the buffer
+        self.got: list[bytes] = []  # each PDU encoded again when it came (views die)
+        self.digests = kwargs
+
+    def receive(self, data: bytes) -> None:
+        while data:
+            room = len(self.buffer) - self.carried
+            piece, data = data[:room], data[room:]
+            end = self.carried + len(piece)
+            self.view[self.carried : end] = piece
+            if self.carried:
+                self.reader.drop_tail(self.carried)
+            self.reader.receive_data(self.view[:end])
+            for pdu in drain(self.reader):
+                self.got.append(stream([pdu], **self.digests))  # type: ignore[arg-type]
+                data_view = getattr(pdu, "data", None)
+                if isinstance(data_view, memoryview) and data_view.obj is self.buffer:
+                    self.in_place += 1
+            tail = self.reader.tail
+            assert tail <= len(self.buffer) // 2
+            if tail and self.carried and tail == end:
+                self.reader.hold_tail()
+                tail = 0
+            if tail:
+                self.view[:tail] = self.view[end - tail : end]
+                self.moved += tail
+            self.carried = tail
+
+
+@settings(max_examples=80, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=40),
+    digests=st.booleans(),
+    size=st.sampled_from([600, 2048, 65536]),
+)
+def test_carrying_over_gives_the_same_pdus(cuts: list[int], digests: bool, size: int) -> None:
+    raw = stream(INITIATOR_SAMPLES, header_digest=digests, data_digest=digests)
+    shell = CarryingShell(size, size // 2, header_digest=digests, data_digest=digests)
+    edges = [0, *sorted({c % (len(raw) + 1) for c in cuts}), len(raw)]
+    for start, stop in itertools.pairwise(edges):
+        shell.receive(raw[start:stop])
+    shell.reader.receive_eof()
+    assert shell.got == [stream([p], header_digest=digests, data_digest=digests)
+                         for p in INITIATOR_SAMPLES]  # fmt: skip
+
+
+def test_a_carried_pdu_is_decoded_in_place_and_moved_once() -> None:
+    pdus = [DataOut(itt=i, data=bytes([i]) * 100_000) for i in range(1, 8)]
+    raw = stream(pdus)
+    shell = CarryingShell(1 << 20, 1 << 19)
+    for i in range(0, len(raw), 250_000):  # every receive ends inside a PDU
+        shell.receive(raw[i : i + 250_000])
+    assert shell.got == [stream([p]) for p in pdus]
+    assert shell.in_place == len(pdus)  # none assembled
+    assert 0 < shell.moved < len(raw) // 2
+
+
+def test_a_trickling_pdu_is_carried_over_once_then_assembled() -> None:
+    raw = stream([DataOut(itt=1, data=b"t" * 200_000)])
+    shell = CarryingShell(1 << 20, 1 << 19)
+    for i in range(0, len(raw), 1000):
+        shell.receive(raw[i : i + 1000])
+    assert shell.got == [raw]
+    assert shell.moved == 1000  # the first piece only: not once per receive
+    assert shell.in_place == 0 and shell.reader.buffered == 0
+
+
+def test_a_pdu_over_the_carry_limit_is_assembled() -> None:
+    raw = stream([DataOut(itt=1, data=b"b" * 5000), NopOut(itt=2)])
+    shell = CarryingShell(4096, 2048)
+    shell.receive(raw)
+    assert shell.got == [stream([DataOut(itt=1, data=b"b" * 5000)]), stream([NopOut(itt=2)])]
+    assert shell.moved == 0
+
+
+def test_dropping_a_tail_that_is_not_there_is_refused() -> None:
+    raw = stream([DataOut(itt=1, data=b"x" * 3000)])
+    reader = PduReader(carry_limit=1 << 16)
+    reader.receive_data(raw[:1000])
+    assert reader.next_pdu() is None and reader.tail == 1000
+    with pytest.raises(ValueError):
+        reader.drop_tail(999)
+    with pytest.raises(ValueError):
+        PduReader(carry_limit=47)
+    reader.hold_tail()  # assembled after all: nothing is left to carry
+    assert reader.tail == 0 and reader.buffered == 1000
+    reader.receive_data(raw[1000:])
+    pdu = reader.next_pdu()
+    assert isinstance(pdu, DataOut) and bytes(pdu.data) == b"x" * 3000
+
+
 def test_iteration_protocol() -> None:
     reader = PduReader(max_recv_data_segment_length=BIG)
     reader.receive_data(stream(INITIATOR_SAMPLES))
