@@ -19,8 +19,15 @@ Locks: ``_lock`` guards the hot-path state and is held for microseconds;
 views, jobs) so that they see a stable list of maps. fsync and log writes run
 outside ``_lock`` so writers go on while a commit waits on the disk. Taken in
 this order: ``_job_lock``, ``_commit_lock``, ``_log_io_lock`` (log write-out),
-``_primary_lock``, ``_lock``, ``_next_cond`` (the next segment, prepared
-ahead).
+``_primary_lock``, ``_lock``, then one of ``_next_cond`` (the next segment,
+prepared ahead), ``_commit_wake`` or ``_write_wake`` (waking the committer or
+the log writer). ``_room`` is a condition on ``_lock``: a writer that finds the
+write buffer full waits on it, holding none of the locks a group commit takes (a
+rewind writes with ``_job_lock`` held, which commits never take).
+
+Threads, when there is a commit interval: the committer (group commits), the
+preparer (segments and buffer memory ahead of the writer) and, with
+``direct_log``, the log writer (the buffer's write-out as records come).
 """
 
 from __future__ import annotations
