@@ -94,8 +94,9 @@ def test_the_apply_lets_slabs_go_as_it_passes_them(tmp_path: Path) -> None:
         assert held >= 7, held  # the commit covers more than two slabs
         for _ in range(3):  # the first slab holds the segment header and 3 records
             files.permit()
+        assert files.wait_arrived(4)  # the commit is held at its 4th copy
         assert wait_until(lambda: vol.writes > held), "the writer waited for the whole apply"
-        assert files.gated and files.arrived == 4  # the commit is held at its 4th copy
+        assert files.arrived == 4 and not wrote.is_set()
         files.ungate()
         assert wrote.wait(WAIT)
         vol.flush()
