@@ -59,8 +59,9 @@ test-fast: venv deps
 serve: venv
 	$(VENV)/bin/cdpswitch serve
 
-bench-deps:
+bench-deps: venv
 	$(MAKE) deps DEB_PACKAGES="$(DEB_PACKAGES) $(BENCH_DEB_PACKAGES)"
+	$(VPY) -m pip install -q -e '.[test,bench]'
 
 bench: venv bench-deps
 	$(VPY) bench/engine.py

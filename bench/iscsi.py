@@ -61,6 +61,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # Run from a checkout without relying on how the package was installed.
 sys.path.insert(0, str(ROOT))
 
+import profiles  # noqa: E402  (bench/, beside this script)
+
 from volume_manager.fileio import OsFiles  # noqa: E402
 
 MiB = 1 << 20
@@ -320,12 +322,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dir", help="where the files go (default: a new directory here)")
     ap.add_argument("--only", help="comma-separated case names")
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    ap.add_argument("--profile", metavar="DIR",
+                    help="after each case, one more cdpswitch run under py-spy (not in the"
+                         " figures): raw stacks in DIR, a summary printed")  # fmt: skip
     args = ap.parse_args(argv)
     for tool in ("tgtd", "tgtadm", "qemu-img"):
         require(tool)
     chosen = [c for c in cases(args.quick) if not args.only or c.name in args.only.split(",")]
     size = args.size_mib * MiB
     results: list[Result] = []
+    profiled: dict[str, profiles.Profile] = {}
+    if args.profile:
+        Path(args.profile).mkdir(parents=True, exist_ok=True)
+        profiles.executable()
     speed = [reference_loop_ms()]
     started = time.monotonic()
     with workdir(args.dir) as wd:
@@ -340,6 +349,12 @@ def main(argv: list[str] | None = None) -> int:
                 bench_once(served, Case("warm", MiB, 8, size // MiB, False, MiB, 0))
             for case in chosen:
                 results.append(measure(case, cdp, tgt, args.rounds, wd))
+                if args.profile:
+                    out = Path(args.profile) / f"{case.name}.txt"
+                    run, profiled[case.name] = profiles.record(
+                        cdp.pid, out, lambda case=case: bench_once(cdp, case))  # type: ignore[misc]
+                    print(f"  .. {case.name} under py-spy: {run.rate(case) / MiB:.0f} MiB/s,"
+                          f" stacks in {out}", file=sys.stderr, flush=True)
         finally:
             cdp.stop()
             tgt.stop()
@@ -369,6 +384,11 @@ def main(argv: list[str] | None = None) -> int:
                   " queued for writeback at once, one fdatasync at the end. cdpswitch writes"
                   " every byte twice and its log goes to the disk during the run; tgtd's"
                   " writes stay in the page cache")
+    if profiled:
+        print("\ncdpswitch under py-spy, one more run per case (own time of the Python"
+              " functions; C calls made from one count as its own)")
+        for name, prof in profiled.items():
+            print(profiles.describe(name, prof))
     missed = [r.case for r in results if not r.ok] + \
         [f"{r.case} CPU" for r in results if r.cpu_ok is False]
     met = sum(r.ok for r in results) + sum(bool(r.cpu_ok) for r in results)
@@ -380,7 +400,8 @@ def main(argv: list[str] | None = None) -> int:
             "rounds": args.rounds, "size_mib": args.size_mib, "loadavg": load,
             "reference_loop_ms": speed,
             "python": platform.python_version(), "cpus": os.cpu_count(),
-            "results": [asdict(r) for r in results]}, indent=2))
+            "results": [asdict(r) for r in results],
+            "profiles": {k: asdict(v) for k, v in profiled.items()}}, indent=2))
     return 0  # benchmarks report, tests assert
 
 
