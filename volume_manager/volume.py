@@ -867,7 +867,7 @@ class Volume:
         behind, in an fdatasync or applying.
 
         With a log writer (direct_log), wait until the group commit's apply lets
-        slabs go (_release_applied): the disk is the limit, as for a write-back
+        slabs go (_release_slabs): the disk is the limit, as for a write-back
         cache that is full. Letting go of unapplied slabs instead made the apply
         read their records back from the disk, under 1 MiB writes half of the
         committer's time and a third of the throughput.
@@ -949,31 +949,19 @@ class Volume:
             with contextlib.suppress(OSError):  # only a hint
                 self.files.start_writeback(seg.wfh, slab.start + lo, size)
 
-    def _release_applied(self, applied: int) -> None:
-        """Let go of the oldest slabs while all their records are written out and
-        applied, up to ``applied``; wake writers waiting for room (called by the
-        apply, with _lock held, after each copy it made without it)."""
-        slabs, current = self._slabs, self._slab
-        n = 0
-        for slab in slabs:
-            if slab is current or slab.last_seq > applied or slab.written < slab.used:
-                break
-            self._pool.give(slab)
-            n += 1
-        if n:
-            del slabs[:n]
-            self._room.notify_all()
-
     def _release_slabs(self, applied: int) -> None:
-        """Let go of the slabs whose records are all written out and applied
-        (called with _lock held)."""
+        """Let go of the slabs whose records are all written out and applied, up to
+        ``applied``, and wake writers waiting for room (called with _lock held: by the
+        apply after each copy it made without the lock, and when a commit ends)."""
         keep = []
         for slab in self._slabs:
             if slab is self._slab or slab.last_seq > applied or slab.written < slab.used:
                 keep.append(slab)
             else:
                 self._pool.give(slab)
-        self._slabs = keep
+        if len(keep) < len(self._slabs):
+            self._slabs = keep
+            self._room.notify_all()
 
     # ------------------------------------------------------------ group commit
     def ask_checkpoint(self) -> None:
@@ -1144,7 +1132,7 @@ class Volume:
                 self._lock.acquire()
             # The slabs this pass has gone by are free now: those let go of meanwhile
             # and those it applied (the buffer has room again for a waiting writer).
-            self._release_applied(seq)
+            self._release_slabs(seq)
             if pool.parked:
                 pool.release_upto(seq)
 
