@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -352,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
                 if args.profile:
                     out = Path(args.profile) / f"{case.name}.txt"
                     run, profiled[case.name] = profiles.record(
-                        cdp.pid, out, lambda case=case: bench_once(cdp, case))  # type: ignore[misc]
+                        cdp.pid, out, functools.partial(bench_once, cdp, case))
                     print(f"  .. {case.name} under py-spy: {run.rate(case) / MiB:.0f} MiB/s,"
                           f" stacks in {out}", file=sys.stderr, flush=True)
         finally:
