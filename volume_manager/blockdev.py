@@ -134,20 +134,26 @@ class FileSpan:
         return data
 
     def send(self, out_fd: int) -> int:
-        """Send as much as the socket takes now; returns the bytes sent (0 when it is
-        full). Raises OSError for a broken connection or SpanSourceClosed."""
+        """Send as much as the socket takes now; returns the bytes sent, fewer than
+        ``length`` only when the socket is full, so a caller may wait for it to be
+        writable and send the rest. Past the end of the file (cut short under us) the
+        span is sent as zeros, as :meth:`read` returns it. Raises OSError for a broken
+        connection or SpanSourceClosed."""
         sent, left, offset = 0, self.length, self.offset
-        while left:
-            try:
+        try:
+            while left:
                 n = self.source.sendfile(out_fd, offset, left)
-            except (BlockingIOError, InterruptedError):
-                break
-            if n == 0:  # the file ended early: the caller sends the rest, as zeros
-                break
-            sent += n
-            offset += n
-            left -= n
+                if n == 0:  # the file ended early
+                    n = os.write(out_fd, _ZEROS[: min(left, len(_ZEROS))])
+                sent += n
+                offset += n
+                left -= n
+        except (BlockingIOError, InterruptedError):
+            pass
         return sent
+
+
+_ZEROS = bytes(64 << 10)  # what a span sends for bytes past the end of its file
 
 
 # A mapping up to this size is kept while the device is open: its page tables (4 KiB

@@ -26,27 +26,33 @@ Theory of operation:
   its data) and ``os.sendfile`` for the data, straight from the page cache: one copy of
   each byte fewer, about a third of the CPU of a 1 MiB read. Under asyncio's loop and
   uvloop alike this writes the socket directly, which is safe while the transport holds
-  nothing; what the socket does not take is read into bytes and goes to the transport.
-  Spans are off with data digests (the digest needs the bytes) and for tasks that must
-  complete before later ones start (ATTR other than SIMPLE).
+  nothing. Spans are off with data digests (the digest needs the bytes) and for tasks
+  that must complete before later ones start (ATTR other than SIMPLE).
+- What our own sends leave (the socket is full) waits in the connection's send backlog,
+  spans as spans and views as views, and goes out when the socket is writable (a writer
+  callback on our duplicate of it); later batches queue behind it. Handing it to the
+  transport instead would read each span into bytes, to be copied again when sent.
 - After each receive the loop keeps polling for ``poll_window`` (200 us by default)
   instead of sleeping in epoll: a host that waits for each answer before its next
   command finds the target awake. Adaptive polling as storage targets know it (SPDK,
   io_uring's SQPOLL idle time), bounded so that an idle target costs nothing.
 - Flow control (uvicorn ``flow_control.py``): reading pauses while the transport's write
-  buffer is above its high-water mark (an initiator that does not read its Data-In must not
-  make us queue reads without bound) or while more than ``MAX_FLUSHING`` commands wait for
-  a flush; it resumes when both conditions clear. The CmdSN window bounds the rest.
+  buffer is above its high-water mark or the send backlog above ``BACKLOG_HIGH`` (an
+  initiator that does not read its Data-In must not make us queue reads without bound) or
+  while more than ``MAX_FLUSHING`` commands wait for a flush; it resumes when every
+  condition has cleared. The CmdSN window bounds the rest.
 - One server-wide timer calls ``Connection.tick`` every ``TICK_SECONDS`` for NOP-In pings,
   their timeout and window updates.
 - Lifecycle: ``start_server`` -> serving -> ``close()`` (stop accepting, stop reading) ->
   ``wait_closed()`` (let flushes in flight finish, at most ``grace`` seconds, send their
-  status, close every connection, wait for them to go, stop the flush threads).
+  status, close every connection, wait at most ``grace`` for them to go, abort those left,
+  stop the flush threads).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
 import os
@@ -101,6 +107,11 @@ DEFAULT_POLL_WINDOW = 200e-6
 # depth 32 polling cost 1-2 us of CPU per 4 KiB read here and gained nothing.
 POLL_AFTER_BUFFERS = 2
 FLUSH_THREADS = 2  # group commit: more threads only queue on the same fsync
+# Bytes of responses waiting in a connection's send backlog above which reading pauses,
+# and below which it resumes: a queue depth of 8 MiB reads fits, so a host reading at
+# full speed is not paused; most of it is file spans, which hold no memory.
+BACKLOG_HIGH = 8 << 20
+BACKLOG_LOW = 2 << 20
 _MORE = getattr(socket, "MSG_MORE", 0)  # Linux: hold a header back for the data after it
 try:
     _IOV_MAX = os.sysconf("SC_IOV_MAX")
@@ -159,6 +170,12 @@ class IscsiProtocol(asyncio.BufferedProtocol):
         self._buffer = bytearray(RECEIVE_BUFFER)
         self._view = memoryview(self._buffer)
         self._carried = 0  # bytes at the front of the buffer carried over
+        # What the socket did not take from our own sends (module docstring), its size,
+        # and whether the transport is to be closed once it is sent.
+        self._backlog: collections.deque[OutBuffer] = collections.deque()
+        self._backlog_bytes = 0
+        self._writer = False  # _drain waits for the socket to be writable
+        self._close_after_backlog = False
         self._luns: Mapping[int, LogicalUnit] = {}
         self._nexus: Nexus | None = None  # set at login, cleared once its loss is reported
         self.flushing: set[asyncio.Future[ScsiResponse]] = set()
@@ -241,6 +258,7 @@ class IscsiProtocol(asyncio.BufferedProtocol):
             self._flow.resume("write buffer full")
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._drop_backlog()
         if self._sock is not None:
             self._sock.close()
             self._sock = None
@@ -340,8 +358,10 @@ class IscsiProtocol(asyncio.BufferedProtocol):
         assert conn is not None and transport is not None
         spans = conn.spans_queued
         buffers = conn.data_to_send()
-        if buffers and not transport.is_closing():
-            if spans:
+        if buffers and not (transport.is_closing() or self._close_after_backlog):
+            if self._backlog:  # behind what waits there
+                self._defer(buffers)
+            elif spans:
                 self._write_spans(transport, buffers)
             else:  # no span among them (Connection.spans_queued)
                 self._write(transport, cast(list[Buffer], buffers))
@@ -371,8 +391,8 @@ class IscsiProtocol(asyncio.BufferedProtocol):
                 self._queue(transport, buffers[start:])
                 return
             rest = _remainder(group, sent)
-            if rest:  # the socket buffer is full: the transport sends the rest when it can
-                self._queue(transport, rest + buffers[start + _IOV_MAX :])
+            if rest:  # the socket buffer is full: the rest waits until it is writable
+                self._defer([*rest, *buffers[start + _IOV_MAX :]])
                 return
 
     def _queue(self, transport: asyncio.Transport, buffers: Sequence[OutBuffer]) -> None:
@@ -391,49 +411,96 @@ class IscsiProtocol(asyncio.BufferedProtocol):
         transport.abort()
 
     def _write_spans(self, transport: asyncio.Transport, buffers: list[OutBuffer]) -> None:
-        """Send a batch that holds file spans: plain buffers with sendmsg, spans with
-        sendfile. Buffers followed by a span go with MSG_MORE, so that a Data-In header
-        and its data leave in one segment. What the socket does not take goes to the
-        transport, spans read into bytes first."""
+        """Send a batch that holds file spans (``_push``); what the socket does not take
+        waits in the backlog. A transport holding bytes keeps the order: it gets the
+        batch, spans read into bytes."""
         sock = self._sock
         if sock is None or transport.get_write_buffer_size():
             self._queue(transport, buffers)
             return
-        fd = sock.fileno()
-        count = len(buffers)
-        i = 0
+        queue = collections.deque(buffers)
         try:
-            while i < count:
-                buf = buffers[i]
-                if type(buf) is FileSpan:
-                    sent = buf.send(fd)
-                    if sent < buf.length:
-                        self._queue(transport, [buf[sent:], *buffers[i + 1 :]])
-                        return
-                    i += 1
-                    continue
-                j = i + 1
-                while j < count and j - i < _IOV_MAX and type(buffers[j]) is not FileSpan:
-                    j += 1
-                group = cast(list[Buffer], buffers[i:j])
-                try:
-                    sent = sock.sendmsg(group, (), _MORE if j < count else 0)
-                except (BlockingIOError, InterruptedError):
-                    sent = 0
-                rest = _remainder(group, sent)
-                if rest:
-                    self._queue(transport, [*rest, *buffers[j:]])
-                    return
-                i = j
+            _push(sock, queue)
         except SpanSourceClosed as exc:  # the volume went away under the read
             self._lost_read_data(transport, exc)
-        except OSError:  # let the transport meet the error and report connection_lost
-            self._queue(transport, buffers[i:])
+            return
+        except OSError as exc:
+            self._broken(transport, exc)
+            return
+        if queue:
+            self._defer(queue)
+
+    # --- the send backlog ---------------------------------------------------------------------
+
+    def _defer(self, buffers: Iterable[OutBuffer]) -> None:
+        """Queue ``buffers`` behind the backlog; they go out when the socket takes them."""
+        sock = self._sock
+        assert sock is not None  # only our own sends leave a backlog
+        backlog = self._backlog
+        size = 0
+        for buf in buffers:
+            backlog.append(buf)
+            size += buf.length if isinstance(buf, FileSpan) else memoryview(buf).nbytes
+        self._backlog_bytes += size
+        if not self._writer:
+            self._writer = True
+            asyncio.get_running_loop().add_writer(sock.fileno(), self._drain)
+        if self._backlog_bytes > BACKLOG_HIGH and self._flow is not None:
+            self._flow.pause("send backlog")
+
+    def _drain(self) -> None:
+        """The socket is writable: send from the backlog."""
+        sock, transport = self._sock, self._transport
+        assert sock is not None and transport is not None
+        try:
+            self._backlog_bytes -= _push(sock, self._backlog)
+        except SpanSourceClosed as exc:
+            self._drop_backlog()
+            self._lost_read_data(transport, exc)
+            return
+        except OSError as exc:
+            self._drop_backlog()
+            self._broken(transport, exc)
+            return
+        if not self._backlog:
+            self._drop_backlog()
+            if self._close_after_backlog:
+                transport.close()
+        elif self._backlog_bytes <= BACKLOG_LOW and self._flow is not None:
+            self._flow.resume("send backlog")
+
+    def _drop_backlog(self) -> None:
+        """Forget the backlog (sent, or the connection is gone) and stop waiting to send."""
+        self._backlog.clear()
+        self._backlog_bytes = 0
+        if self._writer:
+            self._writer = False
+            if self._sock is not None:
+                asyncio.get_running_loop().remove_writer(self._sock.fileno())
+        if self._flow is not None:
+            self._flow.resume("send backlog")
+
+    def _broken(self, transport: asyncio.Transport, exc: OSError) -> None:
+        """A send of ours failed: the connection is broken."""
+        log.debug("iSCSI connection broken: %s", exc)
+        self._closing = True
+        transport.abort()
 
     def close(self) -> None:
         self._closing = True
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.close()  # sends what the transport still holds, then closes
+        transport = self._transport
+        if transport is None or transport.is_closing() or self._close_after_backlog:
+            return
+        if self._backlog:  # _drain closes the transport once the backlog is sent
+            self._close_after_backlog = True
+        else:
+            transport.close()  # sends what the transport still holds, then closes
+
+    def abort(self) -> None:
+        """Drop the connection now, with whatever it had still to send."""
+        self._closing = True
+        if self._transport is not None:
+            self._transport.abort()
 
     def shutdown(self) -> None:
         """Server shutdown, first step: read no more commands."""
@@ -462,6 +529,43 @@ def _materialized(buffers: Sequence[OutBuffer], copy_views: bool) -> list[Buffer
     return [buf.read() if isinstance(buf, FileSpan)
             else copy_mapped(buf) if copy_views and is_mapped(buf)
             else buf for buf in buffers]  # fmt: skip
+
+
+def _push(sock: socket.socket, queue: collections.deque[OutBuffer]) -> int:
+    """Send from the front of ``queue`` until it is empty or the socket is full, taking
+    off what was sent: plain buffers with sendmsg, file spans with sendfile. Buffers
+    followed by more go with MSG_MORE, so that a Data-In header and its data leave in one
+    segment. Returns the bytes sent; raises OSError (SpanSourceClosed included)."""
+    fd = sock.fileno()
+    total = 0
+    while queue:
+        first = queue[0]
+        if type(first) is FileSpan:
+            sent = first.send(fd)
+            total += sent
+            if sent < first.length:
+                queue[0] = first[sent:]
+                return total
+            queue.popleft()
+            continue
+        group: list[Buffer] = []
+        for buf in queue:
+            if type(buf) is FileSpan or len(group) == _IOV_MAX:
+                break
+            group.append(cast(Buffer, buf))
+        try:
+            sent = sock.sendmsg(group, (), _MORE if len(group) < len(queue) else 0)
+        except (BlockingIOError, InterruptedError):
+            return total
+        total += sent
+        for buf in group:
+            size = memoryview(buf).nbytes
+            if sent < size:  # the socket is full
+                queue[0] = memoryview(buf).cast("B")[sent:]
+                return total
+            sent -= size
+            queue.popleft()
+    return total
 
 
 def _remainder(buffers: Sequence[Buffer], sent: int) -> list[Buffer]:
@@ -621,6 +725,13 @@ class IscsiServer:
             protocol.close()
         if waiting:
             await asyncio.wait(waiting, timeout=self.grace)
+        # A host that reads nothing would hold its connection open for ever: close() waits
+        # for the answers queued for it to be sent.
+        stuck = [p for p in self.connections if not p.closed.done()]
+        for protocol in stuck:
+            protocol.abort()
+        if stuck:
+            await asyncio.wait([p.closed for p in stuck], timeout=self.grace)
         if self._server is not None:
             await self._server.wait_closed()
         # Threads still in an fsync are left to finish; the volume's close waits for them.
