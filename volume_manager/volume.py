@@ -23,7 +23,9 @@ this order: ``_job_lock``, ``_commit_lock``, ``_log_io_lock`` (log write-out),
 prepared ahead), ``_commit_wake`` or ``_write_wake`` (waking the committer or
 the log writer). ``_room`` is a condition on ``_lock``: a writer that finds the
 write buffer full waits on it, holding none of the locks a group commit takes (a
-rewind writes with ``_job_lock`` held, which commits never take).
+rewind writes with ``_job_lock`` held, which commits never take). A caller that must
+not wait (the target's event loop) asks :meth:`Volume.has_room` first and, if there
+is none, :meth:`Volume.when_room` for a call back.
 
 Threads, when there is a commit interval: the committer (group commits), the
 preparer (segments and buffer memory ahead of the writer) and, with
@@ -35,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import logging
 import mmap
 import os
 import struct
@@ -107,6 +110,7 @@ _now_ns = time.time_ns
 # Rows of the tail index's arrays as bytes (see volume_manager.pending._ROW for why).
 _TAIL_ROW = struct.Struct("=5Q")
 _TIME_ROW = struct.Struct("=2Q")
+log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
 
 CATALOG = "catalog.db"
@@ -247,6 +251,7 @@ class Volume:
         # A writer that found the buffer full waits for slabs to be let go (with a
         # log writer: _relieve_buffer).
         self._room = threading.Condition(self._lock)
+        self._room_waiters: list[Callable[[], object]] = []  # when_room's, under _lock
         self._closed = False
         self._failed: BaseException | None = None
         self.views: set[object] = set()
@@ -509,6 +514,8 @@ class Volume:
             raise SecondaryFullError(f"writes refused: {self._refusing}")
         if fua:
             flags |= _FUA
+        if len(self._slabs) > self._buffer_slabs and self._log_writer is not None:
+            self._wait_for_room()
         seq = self._append(_WRITE, flags, lba, count, data)
         self.writes += 1
         self.written_bytes += count * self.block_size
@@ -530,6 +537,36 @@ class Volume:
         if self._closed:  # _commit may return early when nothing is left to do
             raise VolumeClosedError("volume is closed")
         self._commit(sync_primary=True)
+
+    def has_room(self) -> bool:
+        """Whether a write now goes into the write buffer without waiting. False while
+        the buffer holds more than ``buffer_bytes`` with a log writer: the next write
+        would wait for the group commit's apply to let slabs go (_wait_for_room). One
+        write may take the buffer past that; the one after it waits. Lock-free: for the
+        event loop, before each write."""
+        return (len(self._slabs) <= self._buffer_slabs or self._log_writer is None
+                or self._closed or self._failed is not None)  # fmt: skip
+
+    def when_room(self, callback: Callable[[], object]) -> None:
+        """Call ``callback`` once when :meth:`has_room` may be true again: slabs were let
+        go, the volume failed or is closing (a write then raises at once). At once, in
+        this thread, if it is true now. Otherwise from the thread that freed the room,
+        holding the volume's lock: the callback must only hand over to its own thread
+        (``loop.call_soon_threadsafe``)."""
+        with self._lock:
+            if not self.has_room():
+                self._room_waiters.append(callback)
+                return
+        callback()
+
+    def _wake_room_waiters(self) -> None:
+        """Call back every caller of when_room (with _lock held)."""
+        waiters, self._room_waiters = self._room_waiters, []
+        for callback in waiters:
+            try:
+                callback()
+            except Exception:  # theirs to report: the committer must go on
+                log.exception("a callback waiting for room in %s failed", self.directory)
 
     def _after_append(self, fua: bool) -> None:
         if len(self._slabs) > self._buffer_slabs:
@@ -866,11 +903,11 @@ class Volume:
         """The write buffer holds more than ``buffer_bytes``: the committer is
         behind, in an fdatasync or applying.
 
-        With a log writer (direct_log), wait until the group commit's apply lets
-        slabs go (_release_slabs): the disk is the limit, as for a write-back
-        cache that is full. Letting go of unapplied slabs instead made the apply
-        read their records back from the disk, under 1 MiB writes half of the
-        committer's time and a third of the throughput.
+        With a log writer (direct_log), make sure a commit is coming: the next
+        write waits for its apply to let slabs go (_wait_for_room). The disk is
+        the limit, as for a write-back cache that is full. Letting go of unapplied
+        slabs instead made the apply read their records back from the disk, under
+        1 MiB writes half of the committer's time and a third of the throughput.
 
         Through the page cache, let go of what is written out (its pages serve
         the apply); if that is not enough, write out here, unless a write-out is
@@ -878,13 +915,9 @@ class Volume:
         Cheaper than mapping fresh slabs (about 1 against 2.5 ms per 4 MiB here),
         and the buffer's memory stays bounded."""
         if self._log_writer is not None:
-            with self._room:
-                while len(self._slabs) > self._buffer_slabs and not self._closed \
-                        and self._failed is None:
-                    if not self._wake_asked:
-                        self._wake_committer()
-                    # (A timeout too: a committer that fails notifies no one.)
-                    self._room.wait(0.1)
+            with self._lock:
+                if not self._wake_asked:
+                    self._wake_committer()
             return
         with self._lock:
             self._spill()
@@ -895,6 +928,17 @@ class Volume:
                 self._write_out_locked(start_writeback=False)
             finally:
                 self._log_io_lock.release()
+
+    def _wait_for_room(self) -> None:
+        """Before a write, with a log writer: wait while the buffer is over its size,
+        until the group commit's apply lets slabs go (_relieve_buffer)."""
+        with self._room:
+            while len(self._slabs) > self._buffer_slabs and not self._closed \
+                    and self._failed is None:
+                if not self._wake_asked:
+                    self._wake_committer()
+                # (A timeout too: a committer that fails notifies no one.)
+                self._room.wait(0.1)
 
     def _spill(self) -> None:
         """Let go of the oldest written-out slabs while the buffer holds more than
@@ -962,6 +1006,8 @@ class Volume:
         if len(keep) < len(self._slabs):
             self._slabs = keep
             self._room.notify_all()
+            if self._room_waiters and len(keep) <= self._buffer_slabs:
+                self._wake_room_waiters()
 
     # ------------------------------------------------------------ group commit
     def ask_checkpoint(self) -> None:
@@ -1034,6 +1080,8 @@ class Volume:
                 self.files.fsync_dir(self.log_dir)
         except OSError as exc:
             self._failed = exc
+            with self._lock:
+                self._wake_room_waiters()
             raise
         with self._lock:
             self._durable_seq = max(self._durable_seq, target)
@@ -1179,6 +1227,8 @@ class Volume:
                 return
             except Exception as exc:
                 self._failed = exc
+                with self._lock:
+                    self._wake_room_waiters()
                 return
 
     def _commit_loop(self) -> None:
@@ -1215,6 +1265,8 @@ class Volume:
                 return
             except Exception as exc:
                 self._failed = exc
+                with self._lock:
+                    self._wake_room_waiters()
                 return
 
     # ------------------------------------------------- retention bookkeeping
@@ -1473,6 +1525,7 @@ class Volume:
             self._write_wake.notify_all()
         with self._room:
             self._room.notify_all()
+            self._wake_room_waiters()
         if self._committer is not None and self._committer is not threading.current_thread():
             self._committer.join()
         if self._preparer is not None:

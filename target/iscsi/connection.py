@@ -422,6 +422,12 @@ class Connection:
         self.spans_queued = False
         return out
 
+    def awaits_completion(self, task_tag: int) -> bool:
+        """Whether ``complete`` for this tag would be answered: the task is live, not
+        aborted (a shell that held an ``ExecuteCommand`` back asks before running it)."""
+        task = self.tasks.get(task_tag)
+        return self.state is not ConnState.CLOSED and task is not None and task.executing
+
     def complete(self, task_tag: int, response: ScsiResponse) -> None:
         """The SCSI layer's answer to an ``ExecuteCommand``: queue Data-In and status.
         Tags that are unknown or were aborted are ignored (no response ever, 4.2.3.2)."""
@@ -513,11 +519,13 @@ class Connection:
         else:
             self._out.extend(frame(header, b"", *self._digests))
 
-    def tick(self, now: float) -> list[Event]:
-        """Time passes: target NOP-In pings, their timeout, and window updates (3.2.2.1)."""
+    def tick(self, now: float, idle: bool = True) -> list[Event]:
+        """Time passes: target NOP-In pings, their timeout, and window updates (3.2.2.1).
+        ``idle`` False: the shell is not reading for reasons of its own (the disk is
+        behind), so the initiator's silence says nothing: no ping, no timeout."""
         if self.state not in (ConnState.NORMAL, ConnState.DISCOVERY):
             return self._take_events()
-        if self._received or self._last_rx is None:
+        if self._received or self._last_rx is None or not idle:
             self._last_rx, self._received = now, False
         interval = self._nop.interval
         if self._ping is not None:

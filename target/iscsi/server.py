@@ -36,11 +36,17 @@ Theory of operation:
   instead of sleeping in epoll: a host that waits for each answer before its next
   command finds the target awake. Adaptive polling as storage targets know it (SPDK,
   io_uring's SQPOLL idle time), bounded so that an idle target costs nothing.
+- A write whose volume's write buffer is full (``LogicalUnit.waits_for_room``) would
+  block the loop, and every session on it, until the volume's group commit frees room.
+  It is held back instead, with the events after it, and reading from its connection
+  pauses; the volume calls back when there is room (``when_room``, through
+  ``call_soon_threadsafe``) and they run then, in order. Other connections go on.
 - Flow control (uvicorn ``flow_control.py``): reading pauses while the transport's write
   buffer is above its high-water mark or the send backlog above ``BACKLOG_HIGH`` (an
-  initiator that does not read its Data-In must not make us queue reads without bound) or
-  while more than ``MAX_FLUSHING`` commands wait for a flush; it resumes when every
-  condition has cleared. The CmdSN window bounds the rest.
+  initiator that does not read its Data-In must not make us queue reads without bound),
+  while a write is held back for room, or while more than ``MAX_FLUSHING`` commands wait
+  for a flush; it resumes when every condition has cleared. The CmdSN window bounds the
+  rest.
 - One server-wide timer calls ``Connection.tick`` every ``TICK_SECONDS`` for NOP-In pings,
   their timeout and window updates.
 - Lifecycle: ``start_server`` -> serving -> ``close()`` (stop accepting, stop reading) ->
@@ -53,6 +59,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import itertools
 import logging
 import os
@@ -112,6 +119,10 @@ FLUSH_THREADS = 2  # group commit: more threads only queue on the same fsync
 # full speed is not paused; most of it is file spans, which hold no memory.
 BACKLOG_HIGH = 8 << 20
 BACKLOG_LOW = 2 << 20
+# Reasons to pause reading that are the target's, not the initiator's: while one holds,
+# the initiator's silence is ours, and its connection is not pinged (tick).
+_ROOM = "waiting for room in a volume's write buffer"
+_FLUSHES = "flushes outstanding"
 _MORE = getattr(socket, "MSG_MORE", 0)  # Linux: hold a header back for the data after it
 try:
     _IOV_MAX = os.sysconf("SC_IOV_MAX")
@@ -148,6 +159,9 @@ class _Flow:
             self._transport.pause_reading()
         self._reasons.add(reason)
 
+    def paused_for(self, *reasons: str) -> bool:
+        return not self._reasons.isdisjoint(reasons)
+
     def resume(self, reason: str) -> None:
         if reason not in self._reasons:
             return
@@ -176,6 +190,8 @@ class IscsiProtocol(asyncio.BufferedProtocol):
         self._backlog_bytes = 0
         self._writer = False  # _drain waits for the socket to be writable
         self._close_after_backlog = False
+        # Events held back behind a write waiting for room in its volume's write buffer.
+        self._held: list[Event] | None = None
         self._luns: Mapping[int, LogicalUnit] = {}
         self._nexus: Nexus | None = None  # set at login, cleared once its loss is reported
         self.flushing: set[asyncio.Future[ScsiResponse]] = set()
@@ -259,6 +275,7 @@ class IscsiProtocol(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._drop_backlog()
+        self._held = None  # the connection's tasks are gone (ERL 0): so are their writes
         if self._sock is not None:
             self._sock.close()
             self._sock = None
@@ -273,10 +290,15 @@ class IscsiProtocol(asyncio.BufferedProtocol):
 
     # --- events -----------------------------------------------------------------------------
 
-    def _handle(self, events: Iterable[Event]) -> None:
-        for event in events:
+    def _handle(self, events: Sequence[Event]) -> None:
+        if self._held is not None:  # behind the write held back (module docstring)
+            self._held.extend(events)
+            return
+        for i, event in enumerate(events):
             if isinstance(event, ExecuteCommand):
-                self._execute(event)
+                if not self._execute(event):
+                    self._hold(events[i:], cast(LogicalUnit, event.lu))
+                    return
             elif isinstance(event, LoginComplete):
                 conn = self.conn
                 assert conn is not None
@@ -292,33 +314,67 @@ class IscsiProtocol(asyncio.BufferedProtocol):
             # TasksAborted: a flush in a thread cannot be stopped; its late ``complete`` is
             # ignored by the connection (RFC 7143 section 4.2.3.2: no response ever).
 
-    def _execute(self, event: ExecuteCommand) -> None:
+    def _execute(self, event: ExecuteCommand) -> bool:
+        """Run the command; False, having done nothing, for a write that would wait for
+        room in its volume's write buffer."""
         conn = self.conn
         assert conn is not None
         command = event.command
         lu = cast(LogicalUnit | None, event.lu)  # the server built the LUN map
         if lu is None:
             conn.complete(event.task_tag, execute_without_lu(command, sorted(self._luns)))
-            return
+            return True
+        if lu.waits_for_room(command):
+            return False
         response = lu.execute(command)  # inline on the loop, by design (module docstring)
         if not response.flush_before_status:
             conn.complete(event.task_tag, response)
-            return
+            return True
         future = asyncio.wrap_future(
             self.server.flush_pool.submit(lu.complete_flush, command, response)
         )
         self.flushing.add(future)
         if len(self.flushing) > MAX_FLUSHING and self._flow is not None:
-            self._flow.pause("flushes outstanding")
+            self._flow.pause(_FLUSHES)
         future.add_done_callback(
             lambda f: self._flushed(event.task_tag, command, f)
         )
+        return True
+
+    def _hold(self, events: Sequence[Event], lu: LogicalUnit) -> None:
+        """Hold ``events`` back, the first a write that waits for room in ``lu``'s
+        write buffer, and stop reading until the LU calls back (module docstring)."""
+        self._held = list(events)
+        if self._flow is not None:
+            self._flow.pause(_ROOM)
+        loop = asyncio.get_running_loop()
+
+        def room() -> None:  # in the volume's committer, as a rule
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing waits
+                loop.call_soon_threadsafe(self._release_held)
+
+        lu.when_room(room)
+
+    def _release_held(self) -> None:
+        """Room in the write buffer: run the held events, in order, until one waits
+        again."""
+        events, self._held = self._held, None
+        conn = self.conn
+        if events is None or self._closing or conn is None:
+            return
+        # A task management function in the same receive may have aborted some of them
+        # (its response is already out): those must not run now.
+        self._handle([e for e in events if not isinstance(e, ExecuteCommand)
+                      or conn.awaits_completion(e.task_tag)])  # fmt: skip
+        if self._held is None and self._flow is not None:
+            self._flow.resume(_ROOM)
+        self._send()
 
     def _flushed(self, task_tag: int, command: ScsiCommand,
                  future: asyncio.Future[ScsiResponse]) -> None:
         self.flushing.discard(future)
         if len(self.flushing) <= MAX_FLUSHING // 2 and self._flow is not None:
-            self._flow.resume("flushes outstanding")
+            self._flow.resume(_FLUSHES)
         conn = self.conn
         if conn is None or future.cancelled():
             return
@@ -511,7 +567,8 @@ class IscsiProtocol(asyncio.BufferedProtocol):
         conn = self.conn
         if conn is None or self._closing:
             return
-        self._handle(conn.tick(now))
+        flow = self._flow
+        self._handle(conn.tick(now, idle=flow is None or not flow.paused_for(_ROOM, _FLUSHES)))
         self._send()
 
 

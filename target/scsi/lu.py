@@ -80,6 +80,11 @@ _FAST_IO = frozenset({Opcode.READ_10, Opcode.READ_16, Opcode.WRITE_10, Opcode.WR
 # Plain ints: the hot paths compare opcodes without IntEnum's slower equality.
 _READ_10, _READ_16 = int(Opcode.READ_10), int(Opcode.READ_16)
 _WRITE_10, _WRITE_16 = int(Opcode.WRITE_10), int(Opcode.WRITE_16)
+# Commands whose data goes into the device's write buffer (waits_for_room).
+_BUFFERED = frozenset(int(op) for op in (
+    Opcode.WRITE_6, Opcode.WRITE_10, Opcode.WRITE_12, Opcode.WRITE_16,
+    Opcode.WRITE_AND_VERIFY_10, Opcode.WRITE_AND_VERIFY_12, Opcode.WRITE_AND_VERIFY_16,
+    Opcode.WRITE_SAME_10, Opcode.WRITE_SAME_16, Opcode.COMPARE_AND_WRITE))
 # While offline, the commands that describe the LU (and REQUEST SENSE) still answer.
 _OFFLINE_OK = _UA_EXEMPT
 # Reads at least this large may answer with a file span (ScsiCommand.spans_ok): below it
@@ -195,6 +200,9 @@ class LogicalUnit:
         # per I/O.
         self._read_view = getattr(device, "read_view", None)
         self._read_span = getattr(device, "read_span", None)
+        # A device with a write buffer that can be full (Volume): waits_for_room.
+        self._has_room = getattr(device, "has_room", None)
+        self._when_room = getattr(device, "when_room", None)
         self.identity = Identity(uuid, product=product, target_name=target_name)
         self.mode = ModeState()
         self.unit_attentions = UnitAttentions()
@@ -278,6 +286,24 @@ class LogicalUnit:
             return self._check_condition(_exception_to_check(exc), cmd)
         return self._respond(outcome, cmd)
 
+    def waits_for_room(self, cmd: ScsiCommand) -> bool:
+        """Whether executing ``cmd`` now would wait for room in the device's write
+        buffer: a write while the buffer is full (``Volume.has_room``), until the
+        engine's group commit frees some. A caller that must not block (the target's
+        event loop, serving other volumes too) holds the command back and asks
+        :meth:`when_room` to be called back."""
+        room = self._has_room
+        return room is not None and bool(cmd.cdb) and cmd.cdb[0] in _BUFFERED and not room()
+
+    def when_room(self, callback: Callable[[], object]) -> None:
+        """Call ``callback`` once when a write may no longer wait (any thread; at once
+        for a device without a write buffer). See ``Volume.when_room``."""
+        when = self._when_room
+        if when is None:
+            callback()
+        else:
+            when(callback)
+
     def fast_io(self, cmd: ScsiCommand) -> ScsiResponse | None:
         """READ/WRITE (10)/(16) in the plain case, without building the decoded CDB and
         the outcome: no flags but DPO (and FUA on reads), group and control 0, EDTL equal
@@ -308,7 +334,8 @@ class LogicalUnit:
     def fast_write(self, cdb: bytes | memoryview, data: bytes | memoryview,
                    nexus: Hashable) -> bool:
         """Write a plain WRITE (10)/(16) whose data (all of EDTL) is ``data``, as
-        ``fast_io`` defines plain; False having done nothing when it is not plain. The
+        ``fast_io`` defines plain; False having done nothing when it is not plain or
+        would wait for room in the device's write buffer (:meth:`waits_for_room`). The
         device's errors propagate: a write that failed did nothing (the engine's rule),
         so the full path may run it again to report them. The transport's per-write
         entry: no command or response objects."""
@@ -318,9 +345,10 @@ class LogicalUnit:
         lba, blocks = where
         device = self.device
         size = blocks * device.block_size
+        room = self._has_room
         if (not blocks or size != len(data) or size > MAX_TRANSFER_BYTES
                 or lba + blocks > device.num_blocks or not self.mode.wce or device.read_only
-                or not self._plain_for(nexus)):
+                or not self._plain_for(nexus) or (room is not None and not room())):
             return False
         device.write(lba, data)
         return True

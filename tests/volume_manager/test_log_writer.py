@@ -9,6 +9,7 @@ the test looks; every byte still goes to the real files.
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -133,3 +134,67 @@ def test_the_log_is_written_out_while_the_committer_is_held(tmp_path: Path) -> N
     finally:
         files.ungate()
         vol.close()
+
+
+def fill(vol: Volume) -> int:
+    """Write 1 MiB chunks while the buffer has room; how many. None of them waits."""
+    n = 0
+    while vol.has_room():
+        assert n < WRITES, "the buffer never filled"
+        started = time.monotonic()
+        vol.write(n * (MiB // BS), chunk(n))
+        assert time.monotonic() - started < 0.5, "a write with room waited"
+        n += 1
+    return n
+
+
+def test_a_caller_that_must_not_wait_is_called_back_when_there_is_room(
+    tmp_path: Path,
+) -> None:
+    """``has_room`` turns false once the buffer is over its size with the apply held; a
+    ``when_room`` callback comes once the apply lets slabs go, exactly once; with room,
+    at once."""
+    files = GatedFiles()
+    vol = make(tmp_path, files, commit_interval=0.05)
+    try:
+        files.shut()
+        written = fill(vol)
+        assert len(vol._slabs) > vol._buffer_slabs
+        calls: list[str] = []
+        vol.when_room(lambda: calls.append(threading.current_thread().name))
+        time.sleep(0.5)
+        assert calls == [], "called back while the buffer was still full"
+        assert not vol.has_room()
+        files.ungate()
+        assert wait_until(lambda: calls), "no call back once the apply let slabs go"
+        assert calls[0].startswith("commit:")
+        vol.when_room(lambda: calls.append("now"))  # room: at once, in this thread
+        assert calls[1:] == ["now"]
+        vol.flush()
+        time.sleep(0.1)
+        assert len(calls) == 2
+        data = (tmp_path / "vol.img").read_bytes()
+        for i in range(written):
+            assert data[i * MiB : (i + 1) * MiB] == chunk(i)
+    finally:
+        files.ungate()
+        vol.close()
+
+
+def test_a_volume_that_goes_away_calls_back_those_waiting_for_room(tmp_path: Path) -> None:
+    """Closing (here abandoning, as a crash would) a volume whose buffer is full calls
+    back every ``when_room`` waiter; its next write then raises instead of waiting."""
+    files = GatedFiles()
+    vol = make(tmp_path, files, commit_interval=0.05)
+    try:
+        files.shut()
+        fill(vol)
+        called = threading.Event()
+        vol.when_room(called.set)
+        assert not called.wait(0.3)
+        thread, _ = in_thread(vol.abandon)
+        assert called.wait(WAIT), "no call back when the volume went away"
+        assert vol.has_room()  # a write now raises at once
+    finally:
+        files.ungate()
+    thread.join(WAIT)

@@ -91,15 +91,26 @@ class Client:
         self.pdus.configure(max_recv_data_segment_length=65536)
         return answer
 
-    async def command(self, cdb: bytes, *, read: int = 0, data: bytes = b"") -> Reply:
+    async def command(self, cdb: bytes, *, read: int = 0, data: bytes = b"",
+                      lun: int = 0) -> Reply:  # fmt: skip
         """One SCSI command: ``read`` bytes expected in, or ``data`` written out."""
+        itt = self.start(cdb, read=read, data=data, lun=lun)
+        return await self.finish(itt, data)
+
+    def start(self, cdb: bytes, *, read: int = 0, data: bytes = b"", lun: int = 0) -> int:
+        """Send a SCSI command (with its immediate data); its ITT, for ``finish``."""
         itt = self.next_itt()
         immediate = data[:8192]  # below FirstBurstLength and the target's MRDSL
         self.send(SCSICommand(itt=itt, cmdsn=self.cmdsn, exp_statsn=self.statsn,
                               read=read > 0, write=bool(data), edtl=read or len(data),
-                              cdb=cdb.ljust(16, b"\0"), data=immediate,
+                              cdb=cdb.ljust(16, b"\0"), data=immediate, lun=lun << 48,
                               final=True))  # fmt: skip
         self.cmdsn += 1
+        return itt
+
+    async def finish(self, itt: int, data: bytes = b"") -> Reply:
+        """Answer R2Ts with ``data`` and collect the reply to the command ``itt``, the
+        next one the target answers."""
         got = bytearray()
         while True:
             pdu = await self.recv()

@@ -343,6 +343,23 @@ def test_target_ping_and_timeout() -> None:
     assert isinstance(conn.tick(16.1)[0], CloseConnection)
 
 
+def test_no_ping_nor_timeout_while_the_shell_is_not_reading_for_its_own_reasons() -> None:
+    """``tick(idle=False)``: the shell paused reading (a volume's write buffer full, the
+    disk behind), so the initiator's silence is not its own: no ping, and a ping already
+    out does not time out. Once reading again, the count starts afresh."""
+    ini = connect(nop=NopPolicy(interval=5.0, timeout=5.0))
+    conn = ini.conn
+    assert conn.tick(0.0) == []
+    assert conn.tick(30.0, idle=False) == [] and ini.replies() == []
+    assert conn.tick(34.0) == [] and ini.replies() == []
+    conn.tick(35.0)
+    (ping,) = ini.replies()
+    assert isinstance(ping, NopIn)
+    assert conn.tick(60.0, idle=False) == []  # the ping is out: no timeout while paused
+    assert conn.tick(64.9) == []
+    assert isinstance(conn.tick(65.1)[0], CloseConnection)
+
+
 def test_window_update_nop_when_maxcmdsn_moved_silently() -> None:
     ini = connect(nop=NopPolicy(interval=None))
     ini.conn.tick(1.0)
