@@ -519,7 +519,8 @@ class Switch:
             "markers": len(markers), "maps": len(vol.maps), "log_bytes": slow["log_bytes"],
             "secondary_used": slow["secondary_used"], "secondary_free": slow["secondary_free"],
             "reads": vol.reads, "writes": vol.writes, "read_bytes": vol.read_bytes,
-            "written_bytes": vol.written_bytes,
+            "written_bytes": vol.written_bytes, "buffer_full_waits": vol.buffer_full_waits,
+            "buffer_full_seconds": vol.buffer_full_ns / 1e9,
             "exported": [f"{i}/tpg{t}/lun{n}" for i, t, n in exported],
             "sessions": self._sessions_on(iqns), "busy": live.busy,
             "offline": live.lu.offline,
@@ -1108,7 +1109,8 @@ class Switch:
             st = await self._volume_status(live)
             labels = {"volume": name}
             for key in ("reads", "writes", "read_bytes", "written_bytes", "log_bytes",
-                        "maps", "markers", "secondary_used", "secondary_free", "seq"):
+                        "maps", "markers", "secondary_used", "secondary_free", "seq",
+                        "buffer_full_waits", "buffer_full_seconds"):
                 per.setdefault(key, []).append((labels, float(st[key])))
             per.setdefault("oldest_seq", []).append((labels, float(live.volume.baseline_seq)))
             pol = st["policy"]
@@ -1136,6 +1138,9 @@ class Switch:
             "secondary_used": ("gauge", "bytes used by the volume on its secondary"),
             "secondary_free": ("gauge", "bytes free on the secondary's file system"),
             "seq": ("counter", "newest write sequence number"),
+            "buffer_full_waits": ("counter", "writes that found the write buffer full (the"
+                                  " disk behind the writes) and waited for room"),
+            "buffer_full_seconds": ("counter", "seconds those writes waited, summed"),
             "oldest_seq": ("gauge", "sequence number of the oldest recoverable point"),
             "oldest_time": ("gauge", "time of the oldest recoverable point (unix seconds)"),
             "writes_refused": ("gauge", "1 while the policy's space budget refuses writes"),

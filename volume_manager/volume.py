@@ -251,13 +251,18 @@ class Volume:
         # A writer that found the buffer full waits for slabs to be let go (with a
         # log writer: _relieve_buffer).
         self._room = threading.Condition(self._lock)
-        self._room_waiters: list[Callable[[], object]] = []  # when_room's, under _lock
+        # when_room's callbacks, with when they began to wait; under _lock.
+        self._room_waiters: list[tuple[Callable[[], object], int]] = []
         self._closed = False
         self._failed: BaseException | None = None
         self.views: set[object] = set()
         self.recovery_report: list[str] = []
         # I/O since open, for status and metrics (plain ints: one thread writes each).
         self.reads = self.read_bytes = self.writes = self.written_bytes = 0
+        # Writes that found the write buffer full (the disk behind the host), and the
+        # time they waited for room, summed over them: a full write-back cache's signs.
+        self.buffer_full_waits = 0
+        self.buffer_full_ns = 0
         self._refusing: str | None = None
 
     @property
@@ -555,14 +560,17 @@ class Volume:
         (``loop.call_soon_threadsafe``)."""
         with self._lock:
             if not self.has_room():
-                self._room_waiters.append(callback)
+                self.buffer_full_waits += 1
+                self._room_waiters.append((callback, time.monotonic_ns()))
                 return
         callback()
 
     def _wake_room_waiters(self) -> None:
         """Call back every caller of when_room (with _lock held)."""
         waiters, self._room_waiters = self._room_waiters, []
-        for callback in waiters:
+        now = time.monotonic_ns()
+        for callback, since in waiters:
+            self.buffer_full_ns += now - since
             try:
                 callback()
             except Exception:  # theirs to report: the committer must go on
@@ -933,12 +941,15 @@ class Volume:
         """Before a write, with a log writer: wait while the buffer is over its size,
         until the group commit's apply lets slabs go (_relieve_buffer)."""
         with self._room:
+            since = time.monotonic_ns()
+            self.buffer_full_waits += 1
             while len(self._slabs) > self._buffer_slabs and not self._closed \
                     and self._failed is None:
                 if not self._wake_asked:
                     self._wake_committer()
                 # (A timeout too: a committer that fails notifies no one.)
                 self._room.wait(0.1)
+            self.buffer_full_ns += time.monotonic_ns() - since
 
     def _spill(self) -> None:
         """Let go of the oldest written-out slabs while the buffer holds more than

@@ -250,6 +250,8 @@ def test_metrics_endpoint(tmp_path: Path) -> None:
         assert lines['cdpswitch_volume_read_bytes_total{volume="vol0"}'] >= 65536
         assert 'cdpswitch_volume_oldest_seq{volume="vol0"}' in lines
         assert lines['cdpswitch_volume_secondary_free{volume="vol0"}'] > 0
+        assert lines['cdpswitch_volume_buffer_full_waits_total{volume="vol0"}'] == 0
+        assert lines['cdpswitch_volume_buffer_full_seconds_total{volume="vol0"}'] == 0
     finally:
         assert d.stop() == 0
 

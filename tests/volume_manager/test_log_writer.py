@@ -72,6 +72,7 @@ def test_a_writer_that_finds_the_buffer_full_waits_for_the_apply(tmp_path: Path)
         assert len(vol._slabs) <= vol._buffer_slabs + 1
         files.ungate()
         assert wrote.wait(WAIT)
+        assert vol.buffer_full_waits >= 1 and vol.buffer_full_ns >= 0.9e9  # counted
         vol.flush()
         assert files.log_reads == 0, "records were read back from the log"
         check_primary(tmp_path)
@@ -168,6 +169,7 @@ def test_a_caller_that_must_not_wait_is_called_back_when_there_is_room(
         files.ungate()
         assert wait_until(lambda: calls), "no call back once the apply let slabs go"
         assert calls[0].startswith("commit:")
+        assert vol.buffer_full_waits == 1 and vol.buffer_full_ns >= 0.45e9  # counted
         vol.when_room(lambda: calls.append("now"))  # room: at once, in this thread
         assert calls[1:] == ["now"]
         vol.flush()
