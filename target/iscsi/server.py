@@ -1,5 +1,6 @@
 """The asyncio shell around the sans-I/O iSCSI core (STYLE.md section 2 and rule 5; DESIGN.md
-"Measuring performance"). The only module of target/iscsi that does I/O.
+"Measuring performance"). With sending.py, its send path, the only modules of
+target/iscsi that do I/O.
 
 Theory of operation:
 
@@ -18,20 +19,11 @@ Theory of operation:
   small thread pool (the engine's group commit lets one fsync serve every waiter), and the
   status is sent when it returns.
 - After each batch (a receive, a tick, a finished flush) everything the connection queued
-  goes out in ONE ``writev`` (sendmsg) of its buffer list (payloads are never joined). A
-  partial send hands the remainder to the transport, which then owns ordering: while it
-  still holds bytes, later batches go through the transport too.
-- Large reads of applied data come back as file spans (``Volume.read_span``): the batch
-  that holds them is sent with ``sendmsg`` for headers (MSG_MORE, so a header leaves with
-  its data) and ``os.sendfile`` for the data, straight from the page cache: one copy of
-  each byte fewer, about a third of the CPU of a 1 MiB read. Under asyncio's loop and
-  uvloop alike this writes the socket directly, which is safe while the transport holds
-  nothing. Spans are off with data digests (the digest needs the bytes) and for tasks
-  that must complete before later ones start (ATTR other than SIMPLE).
-- What our own sends leave (the socket is full) waits in the connection's send backlog,
-  spans as spans and views as views, and goes out when the socket is writable (a writer
-  callback on our duplicate of it); later batches queue behind it. Handing it to the
-  transport instead would read each span into bytes, to be copied again when sent.
+  goes out in ONE ``writev`` (sendmsg) of its buffer list (payloads are never joined),
+  large reads of applied data as file spans by ``sendfile``; what the socket does not take
+  waits in the connection's send backlog (sending.py). Spans are off with data digests
+  (the digest needs the bytes) and for tasks that must complete before later ones start
+  (ATTR other than SIMPLE).
 - After each receive the loop keeps polling for ``poll_window`` (200 us by default)
   instead of sleeping in epoll: a host that waits for each answer before its next
   command finds the target awake. Adaptive polling as storage targets know it (SPDK,
@@ -58,12 +50,9 @@ Theory of operation:
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import itertools
 import logging
-import os
-import socket
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -73,7 +62,6 @@ from typing import cast
 from target.scsi.command import ScsiCommand, ScsiResponse
 from target.scsi.lu import LogicalUnit
 from target.scsi.target_luns import execute_without_lu
-from volume_manager.blockdev import FileSpan, SpanSourceClosed, copy_mapped, is_mapped
 
 from .chap import ChapConfig
 from .connection import Connection, InlineReader, InlineWriter, NopPolicy
@@ -88,7 +76,8 @@ from .events import (
     TaskManagement,
 )
 from .login import PortalConfig, TargetEntry
-from .pdu import Buffer, OutBuffer, TaskFunction
+from .pdu import TaskFunction
+from .sending import ReadFlow, Sender
 
 __all__ = ["IscsiProtocol", "IscsiServer", "Target", "start_server"]
 
@@ -114,20 +103,10 @@ DEFAULT_POLL_WINDOW = 200e-6
 # depth 32 polling cost 1-2 us of CPU per 4 KiB read here and gained nothing.
 POLL_AFTER_BUFFERS = 2
 FLUSH_THREADS = 2  # group commit: more threads only queue on the same fsync
-# Bytes of responses waiting in a connection's send backlog above which reading pauses,
-# and below which it resumes: a queue depth of 8 MiB reads fits, so a host reading at
-# full speed is not paused; most of it is file spans, which hold no memory.
-BACKLOG_HIGH = 8 << 20
-BACKLOG_LOW = 2 << 20
 # Reasons to pause reading that are the target's, not the initiator's: while one holds,
 # the initiator's silence is ours, and its connection is not pinged (tick).
 _ROOM = "waiting for room in a volume's write buffer"
 _FLUSHES = "flushes outstanding"
-_MORE = getattr(socket, "MSG_MORE", 0)  # Linux: hold a header back for the data after it
-try:
-    _IOV_MAX = os.sysconf("SC_IOV_MAX")
-except (ValueError, OSError):  # pragma: no cover - every Linux has it
-    _IOV_MAX = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,31 +124,6 @@ class Target:
     acl_chap: Mapping[str, ChapConfig] = field(default_factory=dict)
 
 
-class _Flow:
-    """Why reading is paused; reading resumes when no reason is left."""
-
-    __slots__ = ("_reasons", "_transport")
-
-    def __init__(self, transport: asyncio.Transport) -> None:
-        self._transport = transport
-        self._reasons: set[str] = set()
-
-    def pause(self, reason: str) -> None:
-        if not self._reasons and not self._transport.is_closing():
-            self._transport.pause_reading()
-        self._reasons.add(reason)
-
-    def paused_for(self, *reasons: str) -> bool:
-        return not self._reasons.isdisjoint(reasons)
-
-    def resume(self, reason: str) -> None:
-        if reason not in self._reasons:
-            return
-        self._reasons.discard(reason)
-        if not self._reasons and not self._transport.is_closing():
-            self._transport.resume_reading()
-
-
 class IscsiProtocol(asyncio.BufferedProtocol):
     """The shell of one TCP connection (module docstring)."""
 
@@ -177,19 +131,11 @@ class IscsiProtocol(asyncio.BufferedProtocol):
         self.server = server
         self.conn: Connection | None = None
         self._transport: asyncio.Transport | None = None
-        self._fd = -1  # the socket's descriptor when we write it directly
-        self._copy_views = True  # connection_made says
-        self._sock: socket.socket | None = None  # the socket, when file spans are sent on it
-        self._flow: _Flow | None = None
+        self.sender: Sender | None = None  # connection_made makes it
+        self._flow: ReadFlow | None = None
         self._buffer = bytearray(RECEIVE_BUFFER)
         self._view = memoryview(self._buffer)
         self._carried = 0  # bytes at the front of the buffer carried over
-        # What the socket did not take from our own sends (module docstring), its size,
-        # and whether the transport is to be closed once it is sent.
-        self._backlog: collections.deque[OutBuffer] = collections.deque()
-        self._backlog_bytes = 0
-        self._writer = False  # _drain waits for the socket to be writable
-        self._close_after_backlog = False
         # Events held back behind a write waiting for room in its volume's write buffer.
         self._held: list[Event] | None = None
         self._luns: Mapping[int, LogicalUnit] = {}
@@ -202,26 +148,8 @@ class IscsiProtocol(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport = cast(asyncio.Transport, transport)
-        self._flow = _Flow(transport)
-        sock = transport.get_extra_info("socket")
-        # Write to the socket ourselves only under asyncio's selector loop (whose transport
-        # holds nothing we could overtake while its buffer is empty) and without TLS; other
-        # loops (uvloop) get the transport's writelines, which they implement as writev.
-        loop = asyncio.get_running_loop()
-        plain = sock is not None and transport.get_extra_info("sslcontext") is None
-        if plain and isinstance(loop, asyncio.SelectorEventLoop):
-            self._fd = sock.fileno()
-        # Read data sent as file spans (sendfile) goes to the socket directly, also under
-        # uvloop, whose transport holds nothing either while its write buffer size is 0.
-        uvloop = type(loop).__module__.startswith("uvloop")
-        # What the transport holds it may copy in user space (asyncio's join); uvloop's
-        # keeps the buffers and lets the kernel read them. That decides whether views of
-        # a file mapping are copied before it gets them (_materialized).
-        self._copy_views = not uvloop
-        if plain and (self._fd >= 0 or uvloop):
-            # A socket object of our own (a duplicate descriptor): uvloop's stand-in
-            # socket has no sendmsg and builds a socket object per setsockopt.
-            self._sock = sock.dup()
+        self._flow = ReadFlow(transport)
+        self.sender = Sender(transport, self._flow)
         local = transport.get_extra_info("sockname")
         server = self.server
         self.conn = Connection(
@@ -230,7 +158,7 @@ class IscsiProtocol(asyncio.BufferedProtocol):
             allocate_tsih=server.allocate_tsih, nop=server.nop, inline=_inline,
             inline_read=cast(InlineReader, LogicalUnit.fast_read),
             inline_write=cast(InlineWriter, LogicalUnit.fast_write),
-            file_spans=self._sock is not None and server.file_spans,
+            file_spans=self.sender.spans_ok and server.file_spans,
             carry_limit=CARRY_LIMIT,
         )  # fmt: skip
         server.connections.add(self)
@@ -274,11 +202,9 @@ class IscsiProtocol(asyncio.BufferedProtocol):
             self._flow.resume("write buffer full")
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._drop_backlog()
+        if self.sender is not None:
+            self.sender.lost()
         self._held = None  # the connection's tasks are gone (ERL 0): so are their writes
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
         conn = self.conn
         if conn is not None:
             self._handle(conn.receive_eof())
@@ -408,149 +334,21 @@ class IscsiProtocol(asyncio.BufferedProtocol):
     # --- output -----------------------------------------------------------------------------
 
     def _send(self) -> int:
-        """Send what the connection queued: one sendmsg (module docstring). Returns the
-        number of buffers."""
-        conn, transport = self.conn, self._transport
-        assert conn is not None and transport is not None
+        """Send what the connection queued (sending.py). Returns the number of buffers."""
+        conn, sender = self.conn, self.sender
+        assert conn is not None and sender is not None
         spans = conn.spans_queued
         buffers = conn.data_to_send()
-        if buffers and not (transport.is_closing() or self._close_after_backlog):
-            if self._backlog:  # behind what waits there
-                self._defer(buffers)
-            elif spans:
-                self._write_spans(transport, buffers)
-            else:  # no span among them (Connection.spans_queued)
-                self._write(transport, cast(list[Buffer], buffers))
+        sender.send(buffers, spans)
         if self._closing:
             self.close()
         return len(buffers)
 
-    def _write(self, transport: asyncio.Transport, buffers: list[Buffer]) -> None:
-        fd = self._fd
-        if fd < 0 or transport.get_write_buffer_size():
-            # The transport keeps order behind bytes it holds. No span is among these
-            # buffers: uvloop's (the common case) takes them as they are.
-            if self._copy_views:
-                self._queue(transport, buffers)
-            else:
-                transport.writelines(buffers)
-            return
-        for start in range(0, len(buffers), _IOV_MAX):
-            group = buffers[start : start + _IOV_MAX]
-            try:
-                # writev is sendmsg without ancillary data; asyncio's TransportSocket wrapper
-                # hides sendmsg, but the descriptor is the connected, non-blocking socket.
-                sent = os.writev(fd, group)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError:  # let the transport meet the error and report connection_lost
-                self._queue(transport, buffers[start:])
-                return
-            rest = _remainder(group, sent)
-            if rest:  # the socket buffer is full: the rest waits until it is writable
-                self._defer([*rest, *buffers[start + _IOV_MAX :]])
-                return
-
-    def _queue(self, transport: asyncio.Transport, buffers: Sequence[OutBuffer]) -> None:
-        """Leave ``buffers`` to the transport, which sends them when the socket takes
-        them: as bytes it may copy (_materialized). Read data that cannot be read now
-        ends the connection; the initiator's retry meets the error as a read's."""
-        try:
-            transport.writelines(_materialized(buffers, self._copy_views))
-        except OSError as exc:  # SpanSourceClosed: the volume went away under the read
-            self._lost_read_data(transport, exc)
-
-    def _lost_read_data(self, transport: asyncio.Transport, exc: OSError) -> None:
-        """Read data could not be read when it was to be sent: end the connection."""
-        log.warning("closing iSCSI connection: read data lost before it was sent: %s", exc)
-        self._closing = True
-        transport.abort()
-
-    def _write_spans(self, transport: asyncio.Transport, buffers: list[OutBuffer]) -> None:
-        """Send a batch that holds file spans (``_push``); what the socket does not take
-        waits in the backlog. A transport holding bytes keeps the order: it gets the
-        batch, spans read into bytes."""
-        sock = self._sock
-        if sock is None or transport.get_write_buffer_size():
-            self._queue(transport, buffers)
-            return
-        queue = collections.deque(buffers)
-        try:
-            _push(sock, queue)
-        except SpanSourceClosed as exc:  # the volume went away under the read
-            self._lost_read_data(transport, exc)
-            return
-        except OSError as exc:
-            self._broken(transport, exc)
-            return
-        if queue:
-            self._defer(queue)
-
-    # --- the send backlog ---------------------------------------------------------------------
-
-    def _defer(self, buffers: Iterable[OutBuffer]) -> None:
-        """Queue ``buffers`` behind the backlog; they go out when the socket takes them."""
-        sock = self._sock
-        assert sock is not None  # only our own sends leave a backlog
-        backlog = self._backlog
-        size = 0
-        for buf in buffers:
-            backlog.append(buf)
-            size += buf.length if isinstance(buf, FileSpan) else memoryview(buf).nbytes
-        self._backlog_bytes += size
-        if not self._writer:
-            self._writer = True
-            asyncio.get_running_loop().add_writer(sock.fileno(), self._drain)
-        if self._backlog_bytes > BACKLOG_HIGH and self._flow is not None:
-            self._flow.pause("send backlog")
-
-    def _drain(self) -> None:
-        """The socket is writable: send from the backlog."""
-        sock, transport = self._sock, self._transport
-        assert sock is not None and transport is not None
-        try:
-            self._backlog_bytes -= _push(sock, self._backlog)
-        except SpanSourceClosed as exc:
-            self._drop_backlog()
-            self._lost_read_data(transport, exc)
-            return
-        except OSError as exc:
-            self._drop_backlog()
-            self._broken(transport, exc)
-            return
-        if not self._backlog:
-            self._drop_backlog()
-            if self._close_after_backlog:
-                transport.close()
-        elif self._backlog_bytes <= BACKLOG_LOW and self._flow is not None:
-            self._flow.resume("send backlog")
-
-    def _drop_backlog(self) -> None:
-        """Forget the backlog (sent, or the connection is gone) and stop waiting to send."""
-        self._backlog.clear()
-        self._backlog_bytes = 0
-        if self._writer:
-            self._writer = False
-            if self._sock is not None:
-                asyncio.get_running_loop().remove_writer(self._sock.fileno())
-        if self._flow is not None:
-            self._flow.resume("send backlog")
-
-    def _broken(self, transport: asyncio.Transport, exc: OSError) -> None:
-        """A send of ours failed: the connection is broken."""
-        log.debug("iSCSI connection broken: %s", exc)
-        self._closing = True
-        transport.abort()
-
     def close(self) -> None:
+        """Close once everything queued is sent."""
         self._closing = True
-        transport = self._transport
-        if transport is None or transport.is_closing() or self._close_after_backlog:
-            return
-        if self._backlog:  # _drain closes the transport once the backlog is sent
-            self._close_after_backlog = True
-        else:
-            transport.close()  # sends what the transport still holds, then closes
+        if self.sender is not None:
+            self.sender.close()
 
     def abort(self) -> None:
         """Drop the connection now, with whatever it had still to send."""
@@ -576,63 +374,6 @@ def _inline(lu: object, command: ScsiCommand) -> ScsiResponse | None:
     """The connection's inline lane: a plain READ/WRITE runs on the loop as it arrives
     (``LogicalUnit.fast_io`` declines anything else, having done nothing)."""
     return cast(LogicalUnit, lu).fast_io(command)
-
-
-def _materialized(buffers: Sequence[OutBuffer], copy_views: bool) -> list[Buffer]:
-    """The buffers as a transport may queue them: file spans read into bytes and, for a
-    transport that copies in user space (``copy_views``), views of a file mapping copied
-    by the kernel (blockdev.FileMap says why). Raises OSError for data that cannot be
-    read."""
-    return [buf.read() if isinstance(buf, FileSpan)
-            else copy_mapped(buf) if copy_views and is_mapped(buf)
-            else buf for buf in buffers]  # fmt: skip
-
-
-def _push(sock: socket.socket, queue: collections.deque[OutBuffer]) -> int:
-    """Send from the front of ``queue`` until it is empty or the socket is full, taking
-    off what was sent: plain buffers with sendmsg, file spans with sendfile. Buffers
-    followed by more go with MSG_MORE, so that a Data-In header and its data leave in one
-    segment. Returns the bytes sent; raises OSError (SpanSourceClosed included)."""
-    fd = sock.fileno()
-    total = 0
-    while queue:
-        first = queue[0]
-        if type(first) is FileSpan:
-            sent = first.send(fd)
-            total += sent
-            if sent < first.length:
-                queue[0] = first[sent:]
-                return total
-            queue.popleft()
-            continue
-        group: list[Buffer] = []
-        for buf in queue:
-            if type(buf) is FileSpan or len(group) == _IOV_MAX:
-                break
-            group.append(cast(Buffer, buf))
-        try:
-            sent = sock.sendmsg(group, (), _MORE if len(group) < len(queue) else 0)
-        except (BlockingIOError, InterruptedError):
-            return total
-        total += sent
-        for buf in group:
-            size = memoryview(buf).nbytes
-            if sent < size:  # the socket is full
-                queue[0] = memoryview(buf).cast("B")[sent:]
-                return total
-            sent -= size
-            queue.popleft()
-    return total
-
-
-def _remainder(buffers: Sequence[Buffer], sent: int) -> list[Buffer]:
-    """What ``sendmsg`` left of ``buffers`` after ``sent`` bytes."""
-    for i, buf in enumerate(buffers):
-        size = memoryview(buf).nbytes
-        if sent < size:
-            return [memoryview(buf).cast("B")[sent:], *buffers[i + 1 :]]
-        sent -= size
-    return []
 
 
 class IscsiServer:

@@ -2,7 +2,7 @@
 
 (a) In-process: a tiny asyncio initiator built from the PDU classes (aio_initiator.py)
     talks to ``start_server`` on port 0, with a real protected ``Volume`` behind the LU.
-    The send path has its own file, test_iscsi_server_send.py.
+    The send path has its own file, test_iscsi_sending.py.
 (b) Real clients (libiscsi's iscsi-ls / iscsi-inq / iscsi-readcapacity16, QEMU's qemu-io and
     qemu-img) against ``python -m switch.iscsi_serve`` in a subprocess. A missing client is a
     failure that says to run ``make deps``, never a silent skip.
@@ -38,7 +38,6 @@ from iscsi_served import CLIENTS, IQN, TIMEOUT, Served, require, run, start_serv
 from target.iscsi.keys import parse_text
 from target.iscsi.pdu import (
     NO_TAG,
-    Buffer,
     DataIn,
     SCSICommand,
     SCSIResponse,
@@ -46,7 +45,7 @@ from target.iscsi.pdu import (
     TextResponse,
     encode,
 )
-from target.iscsi.server import Target, _remainder, start_server
+from target.iscsi.server import Target, start_server
 from target.scsi.lu import LogicalUnit
 from volume_manager import FileBlockDevice, Volume
 
@@ -258,14 +257,6 @@ def test_shutdown_closes_connections(tmp_path: Path) -> None:
 
     asyncio.run(scenario())
     volume.close()
-
-
-def test_remainder_after_a_partial_sendmsg() -> None:
-    buffers: list[Buffer] = [b"abc", memoryview(b"defg"), bytearray(b"hi")]
-    assert _remainder(buffers, 0) == buffers
-    assert [bytes(b) for b in _remainder(buffers, 5)] == [b"fg", b"hi"]
-    assert [bytes(b) for b in _remainder(buffers, 7)] == [b"hi"]
-    assert _remainder(buffers, 9) == []
 
 
 # --- (b) real clients against the server in a subprocess -------------------------------------

@@ -1,4 +1,4 @@
-"""The server's send path (target/iscsi/server.py) over real sockets on 127.0.0.1:
+"""The send path (target/iscsi/sending.py) over real sockets on 127.0.0.1:
 batches larger than the socket buffer, file spans and views of the mapping, and the send
 backlog that holds what the socket did not take."""
 
@@ -26,7 +26,7 @@ from aio_initiator import (
 )
 from iscsi_served import IQN, TIMEOUT
 
-import target.iscsi.server as server_module
+import target.iscsi.sending as sending
 from target.iscsi.pdu import (
     Buffer,
     DataIn,
@@ -35,7 +35,8 @@ from target.iscsi.pdu import (
     OutBuffer,
     SCSICommand,
 )
-from target.iscsi.server import Target, _remainder, start_server
+from target.iscsi.sending import _remainder
+from target.iscsi.server import Target, start_server
 from target.scsi.lu import LogicalUnit
 from volume_manager import Volume
 from volume_manager.blockdev import FileSpan, SpanSource
@@ -50,8 +51,8 @@ class BacklogSpy:
         self.resumed_spans = 0
         self.drains = 0
         self.materialized_spans = 0
-        real_push, real_materialized = server_module._push, server_module._materialized
-        real_drain = server_module.IscsiProtocol._drain
+        real_push, real_materialized = sending._push, sending._materialized
+        real_drain = sending.Sender._drain
 
         def push(sock: socket.socket, queue: collections.deque[OutBuffer]) -> int:
             resumed = bool(queue) and isinstance(queue[0], FileSpan)
@@ -60,17 +61,17 @@ class BacklogSpy:
                 self.resumed_spans += 1
             return sent
 
-        def drain(protocol: server_module.IscsiProtocol) -> None:
+        def drain(sender: sending.Sender) -> None:
             self.drains += 1
-            real_drain(protocol)
+            real_drain(sender)
 
         def materialized(buffers: Sequence[OutBuffer], copy_views: bool) -> list[Buffer]:
             self.materialized_spans += sum(1 for b in buffers if isinstance(b, FileSpan))
             return real_materialized(buffers, copy_views)
 
-        monkeypatch.setattr(server_module, "_push", push)
-        monkeypatch.setattr(server_module.IscsiProtocol, "_drain", drain)
-        monkeypatch.setattr(server_module, "_materialized", materialized)
+        monkeypatch.setattr(sending, "_push", push)
+        monkeypatch.setattr(sending.Sender, "_drain", drain)
+        monkeypatch.setattr(sending, "_materialized", materialized)
 
 
 def test_pipelined_reads_larger_than_the_socket_buffer(
@@ -86,7 +87,7 @@ def test_pipelined_reads_larger_than_the_socket_buffer(
             partial.append(sent)
         return rest
 
-    monkeypatch.setattr(server_module, "_remainder", counting)
+    monkeypatch.setattr(sending, "_remainder", counting)
     volume = new_volume(tmp_path)
     content = os.urandom(4 << 20)
     volume.write(0, content)
@@ -160,7 +161,7 @@ def test_small_reads_go_out_as_views_of_the_mapping_even_when_the_socket_fills(
     which keeps the buffers; neither copies them. Every byte arrives, in order."""
     views: list[int] = []
     copies: list[int] = []
-    real_read_view, real_copy = Volume.read_view, server_module.copy_mapped
+    real_read_view, real_copy = Volume.read_view, sending.copy_mapped
 
     def read_view(self: Volume, lba: int, count: int) -> memoryview | None:
         view = real_read_view(self, lba, count)
@@ -173,7 +174,7 @@ def test_small_reads_go_out_as_views_of_the_mapping_even_when_the_socket_fills(
         return real_copy(view)
 
     monkeypatch.setattr(Volume, "read_view", read_view)
-    monkeypatch.setattr(server_module, "copy_mapped", copy_mapped)
+    monkeypatch.setattr(sending, "copy_mapped", copy_mapped)
     spy = BacklogSpy(monkeypatch)
     volume = new_volume(tmp_path)
     content = os.urandom(4 << 20)
@@ -309,22 +310,22 @@ def test_reading_pauses_while_the_backlog_is_above_its_mark(
     """An initiator that reads none of its Data-In must not make the target queue reads
     without bound: above BACKLOG_HIGH reading pauses; it resumes once the backlog is
     below BACKLOG_LOW, and every answer arrives in order."""
-    monkeypatch.setattr(server_module, "BACKLOG_HIGH", 1 << 20)
-    monkeypatch.setattr(server_module, "BACKLOG_LOW", 256 << 10)
+    monkeypatch.setattr(sending, "BACKLOG_HIGH", 1 << 20)
+    monkeypatch.setattr(sending, "BACKLOG_LOW", 256 << 10)
     flow: list[str] = []
-    real_pause, real_resume = server_module._Flow.pause, server_module._Flow.resume
+    real_pause, real_resume = sending.ReadFlow.pause, sending.ReadFlow.resume
 
-    def pause(self: server_module._Flow, reason: str) -> None:
+    def pause(self: sending.ReadFlow, reason: str) -> None:
         flow.append(f"pause {reason}")
         real_pause(self, reason)
 
-    def resume(self: server_module._Flow, reason: str) -> None:
+    def resume(self: sending.ReadFlow, reason: str) -> None:
         if reason in self._reasons:
             flow.append(f"resume {reason}")
         real_resume(self, reason)
 
-    monkeypatch.setattr(server_module._Flow, "pause", pause)
-    monkeypatch.setattr(server_module._Flow, "resume", resume)
+    monkeypatch.setattr(sending.ReadFlow, "pause", pause)
+    monkeypatch.setattr(sending.ReadFlow, "resume", resume)
     volume, content = applied_volume(tmp_path)
 
     async def scenario() -> None:
@@ -362,7 +363,7 @@ def test_a_peer_that_resets_with_a_backlog_is_dropped_alone(tmp_path: Path) -> N
         await client.command(TEST_UNIT_READY)
         send_reads(client, 4, len(content))
         await asyncio.sleep(0.3)  # the socket fills; the rest waits in the backlog
-        assert any(p._backlog for p in server.connections)
+        assert any(p.sender is not None and p.sender.backlog for p in server.connections)
         sock = client.writer.get_extra_info("socket")
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         client.writer.transport.abort()  # RST, with the target's data unread
@@ -440,7 +441,7 @@ def test_shutdown_ends_a_connection_whose_peer_reads_nothing(tmp_path: Path) -> 
         await client.command(TEST_UNIT_READY)
         send_reads(client, 4, len(content))
         await asyncio.sleep(0.3)  # the socket fills; the rest waits in the backlog
-        assert any(p._backlog for p in server.connections)
+        assert any(p.sender is not None and p.sender.backlog for p in server.connections)
         started = time.monotonic()
         server.close()
         await asyncio.wait_for(server.wait_closed(), TIMEOUT)
@@ -481,7 +482,7 @@ def test_push_sends_a_mixed_queue_in_order_across_full_socket_buffers(tmp_path: 
         while queue:
             before = sum(len(b) if isinstance(b, FileSpan) else memoryview(b).nbytes
                          for b in queue)  # fmt: skip
-            sent = server_module._push(sender, queue)
+            sent = sending._push(sender, queue)
             after = sum(len(b) if isinstance(b, FileSpan) else memoryview(b).nbytes
                         for b in queue)  # fmt: skip
             assert before - after == sent
@@ -502,3 +503,11 @@ def test_push_sends_a_mixed_queue_in_order_across_full_socket_buffers(tmp_path: 
         for s in (sender, receiver, listener):
             s.close()
         source.close()
+
+
+def test_remainder_after_a_partial_sendmsg() -> None:
+    buffers: list[Buffer] = [b"abc", memoryview(b"defg"), bytearray(b"hi")]
+    assert _remainder(buffers, 0) == buffers
+    assert [bytes(b) for b in _remainder(buffers, 5)] == [b"fg", b"hi"]
+    assert [bytes(b) for b in _remainder(buffers, 7)] == [b"hi"]
+    assert _remainder(buffers, 9) == []
