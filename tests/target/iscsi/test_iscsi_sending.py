@@ -36,7 +36,7 @@ from target.iscsi.pdu import (
     SCSICommand,
 )
 from target.iscsi.sending import _remainder
-from target.iscsi.server import Target, start_server
+from target.iscsi.server import IscsiServer, Target, start_server
 from target.scsi.lu import LogicalUnit
 from volume_manager import Volume
 from volume_manager.blockdev import FileSpan, SpanSource
@@ -74,6 +74,35 @@ class BacklogSpy:
         monkeypatch.setattr(sending, "_materialized", materialized)
 
 
+def read_pipelined(volume: Volume, reads: list[tuple[int, int]], content: bytes,
+                   loop: str = "asyncio") -> None:  # fmt: skip
+    """Serve ``volume`` under ``loop`` (asyncio or uvloop); one session sends ``reads``
+    (LBA, bytes) at once and reads nothing until the socket is full; every answer must
+    be ``content``'s bytes, in order."""
+
+    async def scenario() -> None:
+        server = await serve(volume)
+        client = await Client.connect(server.port)
+        await client.login()
+        await client.command(TEST_UNIT_READY)  # consume the unit attention
+        got = await pipelined_reads(client, reads)
+        assert got == [content[lba * BLOCK : lba * BLOCK + n] for lba, n in reads]
+        await client.close()
+        server.close()
+        await server.wait_closed()
+
+    try:
+        if loop == "uvloop":
+            import uvloop
+
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                runner.run(scenario())
+        else:
+            asyncio.run(scenario())
+    finally:
+        volume.close()
+
+
 def test_pipelined_reads_larger_than_the_socket_buffer(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -92,19 +121,7 @@ def test_pipelined_reads_larger_than_the_socket_buffer(
     content = os.urandom(4 << 20)
     volume.write(0, content)
 
-    async def scenario() -> None:
-        server = await serve(volume)
-        client = await Client.connect(server.port)
-        await client.login()
-        await client.command(TEST_UNIT_READY)  # consume the unit attention
-        got = await pipelined_reads(client, [(0, len(content))] * 4)
-        assert all(data == content for data in got)
-        await client.close()
-        server.close()
-        await server.wait_closed()
-
-    asyncio.run(scenario())
-    volume.close()
+    read_pipelined(volume, [(0, len(content))] * 4, content)
     assert partial, "the socket buffer never filled: the partial-send path was not exercised"
 
 
@@ -131,21 +148,9 @@ def test_large_reads_go_out_as_file_spans_even_when_the_socket_fills(
     volume.write(0, content)
     volume.flush()  # applied: the primary holds the data, so reads may be spans
 
-    async def scenario() -> None:
-        server = await serve(volume)
-        client = await Client.connect(server.port)
-        await client.login()
-        await client.command(TEST_UNIT_READY)  # consume the unit attention
-        # A small read between large ones: bytes, in order with the spans.
-        reads = [(0, len(content))] * 3 + [(1, BLOCK)] + [(0, len(content))] * 3
-        got = await pipelined_reads(client, reads)
-        assert got == [content[lba * BLOCK : lba * BLOCK + n] for lba, n in reads]
-        await client.close()
-        server.close()
-        await server.wait_closed()
-
-    asyncio.run(scenario())
-    volume.close()
+    # A small read between large ones: bytes, in order with the spans.
+    reads = [(0, len(content))] * 3 + [(1, BLOCK)] + [(0, len(content))] * 3
+    read_pipelined(volume, reads, content)
     assert len(spans) == 6 and all(n == len(content) for n in spans)
     assert spy.resumed_spans, "no span was taken up again: the socket never filled in one"
     assert spy.materialized_spans == 0
@@ -182,26 +187,7 @@ def test_small_reads_go_out_as_views_of_the_mapping_even_when_the_socket_fills(
     volume.flush()  # applied: the primary holds the data, so reads may be views
     step = 32 << 10
     reads = [(offset // BLOCK, step) for offset in range(0, len(content), step)] * 2
-
-    async def scenario() -> None:
-        server = await serve(volume)
-        client = await Client.connect(server.port)
-        await client.login()
-        await client.command(TEST_UNIT_READY)  # consume the unit attention
-        got = await pipelined_reads(client, reads)
-        assert got == [content[lba * BLOCK : lba * BLOCK + n] for lba, n in reads]
-        await client.close()
-        server.close()
-        await server.wait_closed()
-
-    if loop == "uvloop":
-        import uvloop
-
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(scenario())
-    else:
-        asyncio.run(scenario())
-    volume.close()
+    read_pipelined(volume, reads, content, loop)
     assert len(views) == len(reads) and all(n == step for n in views)
     assert not copies
     if loop == "asyncio":
@@ -267,6 +253,23 @@ def send_reads(client: Client, count: int, size: int) -> list[int]:
     return itts
 
 
+async def backlogged(server: IscsiServer, size: int,
+                     isid: str = "800000000002") -> tuple[Client, list[int]]:  # fmt: skip
+    """A new session that sends four reads of ``size`` bytes at once and reads nothing:
+    once this returns, the socket is full and the rest waits in the backlog. The
+    session and the reads' ITTs."""
+    client = await Client.connect(server.port)
+    await client.login(isid=bytes.fromhex(isid))
+    await client.command(TEST_UNIT_READY)  # consume the unit attention
+    itts = send_reads(client, 4, size)
+    await asyncio.sleep(0.3)  # the socket fills; the rest waits in the backlog
+    return client, itts
+
+
+def backlog_waits(server: IscsiServer) -> bool:
+    return any(p.sender is not None and p.sender.backlog for p in server.connections)
+
+
 def test_a_logout_answer_waits_behind_the_backlog_then_the_target_closes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -278,11 +281,7 @@ def test_a_logout_answer_waits_behind_the_backlog_then_the_target_closes(
 
     async def scenario() -> None:
         server = await serve(volume)
-        client = await Client.connect(server.port)
-        await client.login()
-        await client.command(TEST_UNIT_READY)
-        itts = send_reads(client, 4, len(content))
-        await asyncio.sleep(0.3)  # the socket fills; the rest waits in the backlog
+        client, itts = await backlogged(server, len(content))
         client.send(LogoutRequest(itt=client.next_itt(), cmdsn=client.cmdsn,
                                   exp_statsn=client.statsn, immediate=True))  # fmt: skip
         got = {itt: bytearray() for itt in itts}
@@ -328,19 +327,7 @@ def test_reading_pauses_while_the_backlog_is_above_its_mark(
     monkeypatch.setattr(sending.ReadFlow, "resume", resume)
     volume, content = applied_volume(tmp_path)
 
-    async def scenario() -> None:
-        server = await serve(volume)
-        client = await Client.connect(server.port)
-        await client.login()
-        await client.command(TEST_UNIT_READY)
-        got = await pipelined_reads(client, [(0, len(content))] * 6)
-        assert all(data == content for data in got)
-        await client.close()
-        server.close()
-        await server.wait_closed()
-
-    asyncio.run(scenario())
-    volume.close()
+    read_pipelined(volume, [(0, len(content))] * 6, content)
     assert "pause send backlog" in flow
     assert flow.index("resume send backlog") > flow.index("pause send backlog")
 
@@ -358,12 +345,8 @@ def test_a_peer_that_resets_with_a_backlog_is_dropped_alone(tmp_path: Path) -> N
         other = await Client.connect(server.port)
         await other.login()
         await other.command(TEST_UNIT_READY)
-        client = await Client.connect(server.port)
-        await client.login(isid=bytes.fromhex("800000000003"))  # a session of its own
-        await client.command(TEST_UNIT_READY)
-        send_reads(client, 4, len(content))
-        await asyncio.sleep(0.3)  # the socket fills; the rest waits in the backlog
-        assert any(p.sender is not None and p.sender.backlog for p in server.connections)
+        client, _ = await backlogged(server, len(content), "800000000003")  # its own
+        assert backlog_waits(server)
         sock = client.writer.get_extra_info("socket")
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         client.writer.transport.abort()  # RST, with the target's data unread
@@ -403,11 +386,7 @@ def test_a_span_whose_volume_closed_in_the_backlog_drops_the_connection(
 
     async def scenario() -> None:
         server = await serve(volume)
-        client = await Client.connect(server.port)
-        await client.login()
-        await client.command(TEST_UNIT_READY)
-        itts = send_reads(client, 4, len(content))
-        await asyncio.sleep(0.3)  # the socket fills; the rest waits in the backlog
+        client, itts = await backlogged(server, len(content))
         assert made
         made[0].source.close()  # what Volume.close does to it from another thread
         done = []
@@ -436,12 +415,8 @@ def test_shutdown_ends_a_connection_whose_peer_reads_nothing(tmp_path: Path) -> 
         lu = LogicalUnit(volume, uuid=uuid.UUID(bytes=volume.uuid),  # type: ignore[arg-type]
                          target_name=IQN)  # fmt: skip
         server = await start_server([Target(IQN, {0: lu})], "127.0.0.1", 0, grace=0.5)
-        client = await Client.connect(server.port)
-        await client.login()
-        await client.command(TEST_UNIT_READY)
-        send_reads(client, 4, len(content))
-        await asyncio.sleep(0.3)  # the socket fills; the rest waits in the backlog
-        assert any(p.sender is not None and p.sender.backlog for p in server.connections)
+        client, _ = await backlogged(server, len(content))
+        assert backlog_waits(server)
         started = time.monotonic()
         server.close()
         await asyncio.wait_for(server.wait_closed(), TIMEOUT)

@@ -12,6 +12,7 @@ import asyncio
 import threading
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aio_initiator import BLOCK, TEST_UNIT_READY, Client, read10, write10
@@ -80,15 +81,26 @@ async def login(server: IscsiServer, isid: str, luns: tuple[int, ...]) -> Client
     return client
 
 
+def run_two(tmp_path: Path, scenario: Callable[[Volume, HeldPrimary, Volume],
+                                               Awaitable[None]]) -> None:  # fmt: skip
+    """Run ``scenario`` with a held volume, its gate and another volume; close them."""
+    held, files = held_volume(tmp_path)
+    other = Volume.create(str(tmp_path / "other"), str(tmp_path / "other.img"), size=SIZE)
+    try:
+        asyncio.run(scenario(held, files, other))
+    finally:
+        files.released.set()
+        held.close()
+        other.close()
+
+
 def test_a_write_waiting_for_room_holds_back_its_session_only(tmp_path: Path) -> None:
     """A write to a volume whose buffer is full waits, and with it its session; another
     session goes on at once, with reads of that volume and writes to another. When the
     group commit frees room the write completes with GOOD status, and it landed."""
-    held, files = held_volume(tmp_path)
-    other = Volume.create(str(tmp_path / "other"), str(tmp_path / "other.img"), size=SIZE)
     payload = bytes(range(256)) * 256  # 64 KiB: immediate data, then an R2T
 
-    async def scenario() -> None:
+    async def scenario(held: Volume, files: HeldPrimary, other: Volume) -> None:
         server = await serve_two(held, other)
         writer = await login(server, "800000000002", (0,))
         bystander = await login(server, "800000000003", (0, 1))
@@ -119,22 +131,15 @@ def test_a_write_waiting_for_room_holds_back_its_session_only(tmp_path: Path) ->
         server.close()
         await server.wait_closed()
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        files.released.set()
-        held.close()
-        other.close()
+    run_two(tmp_path, scenario)
 
 
 def test_a_held_write_aborted_in_the_same_receive_never_runs(tmp_path: Path) -> None:
     """ABORT TASK for a write held back for room, in the same receive: the TMF response
     goes out at once, and when room comes the write is not run (it would change the
     volume after the host was told it is gone) nor answered."""
-    held, files = held_volume(tmp_path)
-    other = Volume.create(str(tmp_path / "other"), str(tmp_path / "other.img"), size=SIZE)
 
-    async def scenario() -> None:
+    async def scenario(held: Volume, files: HeldPrimary, other: Volume) -> None:
         server = await serve_two(held, other)
         client = await login(server, "800000000002", (0,))
         filled = fill(held)
@@ -165,9 +170,4 @@ def test_a_held_write_aborted_in_the_same_receive_never_runs(tmp_path: Path) -> 
         server.close()
         await server.wait_closed()
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        files.released.set()
-        held.close()
-        other.close()
+    run_two(tmp_path, scenario)
