@@ -14,6 +14,7 @@ from iscsi_served import IQN, TIMEOUT
 from target.iscsi.framing import PduReader, Sender
 from target.iscsi.keys import encode_text
 from target.iscsi.pdu import (
+    NO_TAG,
     R2T,
     DataIn,
     DataOut,
@@ -21,6 +22,8 @@ from target.iscsi.pdu import (
     LoginResponse,
     LogoutRequest,
     LogoutResponse,
+    NopIn,
+    NopOut,
     Pdu,
     SCSICommand,
     SCSIResponse,
@@ -126,6 +129,9 @@ class Client:
                 assert pdu.itt == itt
                 self.statsn = pdu.statsn + 1
                 return Reply(pdu.status, bytes(got), bytes(pdu.data))
+            elif isinstance(pdu, NopIn) and pdu.ttt != NO_TAG:  # the target's ping
+                self.send(NopOut(itt=NO_TAG, ttt=pdu.ttt, lun=pdu.lun, immediate=True,
+                                 cmdsn=self.cmdsn, exp_statsn=self.statsn))  # fmt: skip
             else:
                 raise AssertionError(f"unexpected {pdu!r}")
 

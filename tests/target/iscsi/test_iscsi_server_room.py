@@ -18,6 +18,7 @@ from pathlib import Path
 from aio_initiator import BLOCK, TEST_UNIT_READY, Client, read10, write10
 from iscsi_served import IQN, TIMEOUT
 
+from target.iscsi.connection import NopPolicy
 from target.iscsi.pdu import SCSICommand, TaskMgmtRequest, TaskMgmtResponse, encode
 from target.iscsi.server import IscsiServer, Target, start_server
 from target.scsi.lu import LogicalUnit
@@ -66,11 +67,11 @@ def fill(volume: Volume) -> int:
     return n
 
 
-async def serve_two(held: Volume, other: Volume) -> IscsiServer:
+async def serve_two(held: Volume, other: Volume, nop: NopPolicy | None = None) -> IscsiServer:
     luns = {number: LogicalUnit(volume, uuid=uuid.UUID(bytes=volume.uuid),  # type: ignore[arg-type]
                                 target_name=IQN, lun_list=lambda: [0, 1])
             for number, volume in ((0, held), (1, other))}  # fmt: skip
-    return await start_server([Target(IQN, luns)], "127.0.0.1", 0, grace=5.0)
+    return await start_server([Target(IQN, luns)], "127.0.0.1", 0, grace=5.0, nop=nop)
 
 
 async def login(server: IscsiServer, isid: str, luns: tuple[int, ...]) -> Client:
@@ -167,6 +168,34 @@ def test_a_held_write_aborted_in_the_same_receive_never_runs(tmp_path: Path) -> 
         reply = await client.command(read10(lba, len(data) // BLOCK), read=len(data))
         assert reply.data == bytes(len(data)), "the aborted write ran"
         await client.close()
+        server.close()
+        await server.wait_closed()
+
+    run_two(tmp_path, scenario)
+
+
+def test_a_long_hold_is_not_taken_for_a_silent_initiator(tmp_path: Path) -> None:
+    """While a write waits for room, the target reads nothing from that connection, so
+    the initiator's silence is the target's doing: no NOP-In ping runs out and drops the
+    connection (Connection.tick(idle=False)), however short the ping timeout. The write
+    completes once there is room."""
+    nop = NopPolicy(interval=0.5, timeout=0.5)
+
+    async def scenario(held: Volume, files: HeldPrimary, other: Volume) -> None:
+        server = await serve_two(held, other, nop)
+        writer = await login(server, "800000000002", (0,))
+        lba = fill(held) * (MiB // BLOCK)
+        payload = b"\x77" * 8192
+        itt = writer.start(write10(lba, len(payload) // BLOCK), data=payload)
+        pending = asyncio.create_task(writer.finish(itt, payload))
+        await asyncio.sleep(3.5)  # three server ticks, each past interval + timeout
+        assert not pending.done(), "the write did not wait for room, or the link dropped"
+        files.released.set()
+        reply = await asyncio.wait_for(pending, TIMEOUT)
+        assert reply.status == 0
+        reply = await writer.command(read10(lba, len(payload) // BLOCK), read=len(payload))
+        assert reply.data == payload
+        await writer.close()
         server.close()
         await server.wait_closed()
 
