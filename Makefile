@@ -68,6 +68,7 @@ bench: venv bench-deps
 	$(VPY) bench/iscsi.py
 	$(VPY) bench/images.py
 	$(VPY) bench/policy.py
+	$(VPY) bench/sendpath.py
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .hypothesis .ruff_cache .mypy_cache
