@@ -34,7 +34,7 @@ Theory of operation:
   pauses; the volume calls back when there is room (``when_room``, through
   ``call_soon_threadsafe``) and they run then, in order. Other connections go on.
 - Flow control (uvicorn ``flow_control.py``): reading pauses while the transport's write
-  buffer is above its high-water mark or the send backlog above ``BACKLOG_HIGH`` (an
+  buffer is above its high-water mark or the send backlog above sending.BACKLOG_HIGH (an
   initiator that does not read its Data-In must not make us queue reads without bound),
   while a write is held back for room, or while more than ``MAX_FLUSHING`` commands wait
   for a flush; it resumes when every condition has cleared. The CmdSN window bounds the
