@@ -520,7 +520,7 @@ class Volume:
         if fua:
             flags |= _FUA
         if len(self._slabs) > self._buffer_slabs and self._log_writer is not None:
-            self._wait_for_room()
+            self._wait_for_room()  # (not has_room(), with its two cheapest tests: per write)
         seq = self._append(_WRITE, flags, lba, count, data)
         self.writes += 1
         self.written_bytes += count * self.block_size
@@ -564,6 +564,13 @@ class Volume:
                 self._room_waiters.append((callback, time.monotonic_ns()))
                 return
         callback()
+
+    def _fail(self, exc: BaseException) -> None:
+        """The volume failed (in a commit or one of its threads): writes raise from now
+        on, so those waiting for room are called back."""
+        self._failed = exc
+        with self._lock:
+            self._wake_room_waiters()
 
     def _wake_room_waiters(self) -> None:
         """Call back every caller of when_room (with _lock held)."""
@@ -1090,9 +1097,7 @@ class Volume:
             if dir_dirty:
                 self.files.fsync_dir(self.log_dir)
         except OSError as exc:
-            self._failed = exc
-            with self._lock:
-                self._wake_room_waiters()
+            self._fail(exc)
             raise
         with self._lock:
             self._durable_seq = max(self._durable_seq, target)
@@ -1237,9 +1242,7 @@ class Volume:
             except VolumeClosedError:
                 return
             except Exception as exc:
-                self._failed = exc
-                with self._lock:
-                    self._wake_room_waiters()
+                self._fail(exc)
                 return
 
     def _commit_loop(self) -> None:
@@ -1275,9 +1278,7 @@ class Volume:
             except VolumeClosedError:
                 return
             except Exception as exc:
-                self._failed = exc
-                with self._lock:
-                    self._wake_room_waiters()
+                self._fail(exc)
                 return
 
     # ------------------------------------------------- retention bookkeeping
