@@ -74,6 +74,31 @@ class BacklogSpy:
         monkeypatch.setattr(sending, "_materialized", materialized)
 
 
+def applied_volume(tmp_path: Path, size: int = 4 << 20) -> tuple[Volume, bytes]:
+    """A volume whose first ``size`` bytes are random and applied (reads may be spans)."""
+    volume = new_volume(tmp_path)
+    content = os.urandom(size)
+    volume.write(0, content)
+    volume.flush()
+    return volume, content
+
+
+def direct_read_sizes(monkeypatch: pytest.MonkeyPatch, method: str) -> list[int]:
+    """Wrap ``Volume.<method>`` (``read_span`` or ``read_view``): the sizes of the spans or
+    views it handed out, in order."""
+    sizes: list[int] = []
+    real = getattr(Volume, method)
+
+    def wrapped(self: Volume, lba: int, count: int) -> FileSpan | memoryview | None:
+        got = real(self, lba, count)
+        if got is not None:
+            sizes.append(got.nbytes)
+        return got
+
+    monkeypatch.setattr(Volume, method, wrapped)
+    return sizes
+
+
 def read_pipelined(volume: Volume, reads: list[tuple[int, int]], content: bytes,
                    loop: str = "asyncio") -> None:  # fmt: skip
     """Serve ``volume`` under ``loop`` (asyncio or uvloop); one session sends ``reads``
@@ -132,21 +157,9 @@ def test_large_reads_go_out_as_file_spans_even_when_the_socket_fills(
     the middle of one, the rest waits in the send backlog as a span and goes out by
     sendfile once the socket is writable, never read into bytes. The client reads
     nothing until all commands are in, then gets every byte, in order."""
-    spans: list[int] = []
-    real_read_span = Volume.read_span
-
-    def read_span(self: Volume, lba: int, count: int) -> FileSpan | None:
-        span = real_read_span(self, lba, count)
-        if span is not None:
-            spans.append(span.length)
-        return span
-
-    monkeypatch.setattr(Volume, "read_span", read_span)
+    spans = direct_read_sizes(monkeypatch, "read_span")
     spy = BacklogSpy(monkeypatch)
-    volume = new_volume(tmp_path)
-    content = os.urandom(4 << 20)
-    volume.write(0, content)
-    volume.flush()  # applied: the primary holds the data, so reads may be spans
+    volume, content = applied_volume(tmp_path)  # the primary holds it: reads may be spans
 
     # A small read between large ones: bytes, in order with the spans.
     reads = [(0, len(content))] * 3 + [(1, BLOCK)] + [(0, len(content))] * 3
@@ -164,27 +177,17 @@ def test_small_reads_go_out_as_views_of_the_mapping_even_when_the_socket_fills(
     only the kernel reads. When the socket fills, the views wait in the send backlog
     (asyncio's loop, where we write the socket ourselves) or in uvloop's transport,
     which keeps the buffers; neither copies them. Every byte arrives, in order."""
-    views: list[int] = []
+    views = direct_read_sizes(monkeypatch, "read_view")
     copies: list[int] = []
-    real_read_view, real_copy = Volume.read_view, sending.copy_mapped
-
-    def read_view(self: Volume, lba: int, count: int) -> memoryview | None:
-        view = real_read_view(self, lba, count)
-        if view is not None:
-            views.append(view.nbytes)
-        return view
+    real_copy = sending.copy_mapped
 
     def copy_mapped(view: memoryview) -> bytes:
         copies.append(view.nbytes)
         return real_copy(view)
 
-    monkeypatch.setattr(Volume, "read_view", read_view)
     monkeypatch.setattr(sending, "copy_mapped", copy_mapped)
     spy = BacklogSpy(monkeypatch)
-    volume = new_volume(tmp_path)
-    content = os.urandom(4 << 20)
-    volume.write(0, content)
-    volume.flush()  # applied: the primary holds the data, so reads may be views
+    volume, content = applied_volume(tmp_path)  # the primary holds it: reads may be views
     step = 32 << 10
     reads = [(offset // BLOCK, step) for offset in range(0, len(content), step)] * 2
     read_pipelined(volume, reads, content, loop)
@@ -230,15 +233,6 @@ def test_a_span_whose_volume_closed_drops_the_connection(
 
 
 # --- the send backlog ------------------------------------------------------------------------
-
-
-def applied_volume(tmp_path: Path, size: int = 4 << 20) -> tuple[Volume, bytes]:
-    """A volume whose first ``size`` bytes are random and applied (reads may be spans)."""
-    volume = new_volume(tmp_path)
-    content = os.urandom(size)
-    volume.write(0, content)
-    volume.flush()
-    return volume, content
 
 
 def send_reads(client: Client, count: int, size: int) -> list[int]:
