@@ -1,18 +1,27 @@
 """The three ways a target can put cached file data on a TCP socket, measured against each
 other in the same run: ``os.sendfile`` (what the native target does for reads of 64 KiB
 and more: FileSpan), ``sendmsg`` of a view of a shared mapping of the file (what it does
-below that: FileMap), and ``pread`` into bytes then ``send`` (what tgtd does).
+below that: FileMap), and ``pread`` into bytes then ``send`` (what tgtd does). When the
+system's TCP congestion control is one that paces (bbr), sendfile and the view are
+measured once more on sockets set to cubic, which does not.
 
 A sender process writes 1 MiB pieces of a cached file to 127.0.0.1, where a child process
 reads them as fast as it can; the methods alternate over the rounds. Printed per method:
 the median rate, the sender's CPU time per MiB (utime + stime; over loopback that
 includes the TCP receive processing the send runs), and its ratio to sendfile's.
 
-Why it is here: the native target's 1 MiB reads cost 195 us of CPU each in a fast hour of
-these shared VMs and up to 415-455 in slow ones, against tgtd's 1.4x rise, and nearly all
-of it is sendfile. In isolation, in one slow stretch (2026-11-28), sendfile cost 413-622
-us per MiB and the mapped view 208-293; through the target in a fast hour the view cost
-more (255 against 195 us per read). Which wins depends on the hour: this measures it.
+Why it is here: the native target's 1 MiB reads cost 190-210 us of CPU each in a fast
+hour of these shared VMs and 400-800 in slow ones, against a smaller rise for tgtd, and
+most of it is sendfile. In isolation, in one slow stretch (2026-11-28), sendfile cost
+413-622 us per MiB and the mapped view 208-293; through the target the view still cost
+more (250-325 against 190-265 us per read, alternating). The hour's swing is mostly the
+congestion control's: these VMs run bbr without the fq qdisc, so the kernel paces each
+socket itself with a high-resolution timer, and programming timers is what a busy host
+makes slow for a guest. Here sendfile cost 382-467 us per MiB with bbr and 99-185 with
+cubic in the same runs; through the target, a switch to cubic gave 1.07x (fast hour)
+and 1.34x (slow stretch) the read throughput. The target keeps the system's choice, as
+tgtd and LIO do: it is the administrator's. (With the fq qdisc, bbr leaves pacing to
+the qdisc; not measured here, where the kernel has no fq.)
 
     python bench/sendpath.py [--rounds 5] [--mib 1024] [--dir DIR]
 """
@@ -93,7 +102,44 @@ def methods(fd: int, view: memoryview) -> dict[str, Callable[[socket.socket, int
     def by_pread(sock: socket.socket, offset: int) -> None:
         sock.sendall(os.pread(fd, MiB, offset))
 
-    return {"sendfile": by_sendfile, "mapped view": by_mapped_view, "pread + send": by_pread}
+    ways: dict[str, Callable[[socket.socket, int], None]] = {
+        "sendfile": by_sendfile, "mapped view": by_mapped_view, "pread + send": by_pread}
+    if _pacing_default():
+        ways["sendfile, cubic"] = _on_cubic(by_sendfile)
+        ways["mapped view, cubic"] = _on_cubic(by_mapped_view)
+    return ways
+
+
+def _congestion(name: str) -> str:
+    return Path(f"/proc/sys/net/ipv4/tcp_{name}").read_text().strip()
+
+
+def _pacing_default() -> bool:
+    """The system's congestion control paces (bbr) and cubic can be chosen instead."""
+    try:
+        default = _congestion("congestion_control")
+        available = _congestion("available_congestion_control").split()
+    except OSError:
+        return False
+    try:
+        allowed = "cubic" in _congestion("allowed_congestion_control").split()
+    except OSError:
+        allowed = False
+    # Choosing one not in the allowed list takes CAP_NET_ADMIN (root, here).
+    return default.startswith("bbr") and "cubic" in available and (allowed or os.geteuid() == 0)
+
+
+def _on_cubic(send: Callable[[socket.socket, int], None]) -> Callable[[socket.socket, int], None]:
+    """``send`` on a socket switched to cubic before its first piece."""
+    switched: set[socket.socket] = set()
+
+    def on_cubic(sock: socket.socket, offset: int) -> None:
+        if sock not in switched:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, b"cubic")
+            switched.add(sock)
+        send(sock, offset)
+
+    return on_cubic
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,11 +179,11 @@ def main(argv: list[str] | None = None) -> int:
         workdir.rmdir()
     base = statistics.median(s.cpu_us_per_mib for s in samples["sendfile"])
     print(f"\nsender CPU per MiB over 127.0.0.1 (median of {args.rounds} alternating rounds)")
-    print(f"  {'method':14s} {'MiB/s':>7s} {'us/MiB':>7s} {'vs sendfile':>12s}")
+    print(f"  {'method':18s} {'MiB/s':>7s} {'us/MiB':>7s} {'vs sendfile':>12s}")
     for name, got in samples.items():
         rate = statistics.median(s.mib_per_s for s in got)
         cpu = statistics.median(s.cpu_us_per_mib for s in got)
-        print(f"  {name:14s} {rate:7.0f} {cpu:7.0f} {cpu / base:11.2f}x")
+        print(f"  {name:18s} {rate:7.0f} {cpu:7.0f} {cpu / base:11.2f}x")
     return 0
 
 
