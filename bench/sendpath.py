@@ -14,10 +14,10 @@ Why it is here: the native target's 1 MiB reads cost 190-210 us of CPU each in a
 hour of these shared VMs and 400-800 in slow ones, against a smaller rise for tgtd, and
 most of it is sendfile. In isolation, in one slow stretch (2026-11-28), sendfile cost
 413-622 us per MiB and the mapped view 208-293; through the target the view still cost
-more (250-325 against 190-265 us per read, alternating). The hour's swing is mostly the
-congestion control's: these VMs run bbr without the fq qdisc, so the kernel paces each
+more (250-325 against 190-265 us per read, alternating). A good part of the hour's swing is
+the congestion control's: these VMs run bbr without the fq qdisc, so the kernel paces each
 socket itself with a high-resolution timer, and programming timers is what a busy host
-makes slow for a guest. Here sendfile cost 382-467 us per MiB with bbr and 99-185 with
+makes slow for a guest. Here sendfile cost 382-489 us per MiB with bbr and 99-185 with
 cubic in the same runs; through the target, a switch to cubic gave 1.07x (fast hour)
 and 1.34x (slow stretch) the read throughput. The target keeps the system's choice, as
 tgtd and LIO do: it is the administrator's. (With the fq qdisc, bbr leaves pacing to
