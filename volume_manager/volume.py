@@ -565,6 +565,19 @@ class Volume:
                 return
         callback()
 
+    def cancel_room_wait(self, callback: Callable[[], object]) -> bool:
+        """Forget a :meth:`when_room` callback that is no longer wanted (its caller went
+        away), so that the volume does not hold it until room comes; the time it waited
+        still counts in ``buffer_full_ns``. False if it was not waiting (called back
+        already, or never registered)."""
+        with self._lock:
+            for i, (waiting, since) in enumerate(self._room_waiters):
+                if waiting is callback:
+                    del self._room_waiters[i]
+                    self.buffer_full_ns += time.monotonic_ns() - since
+                    return True
+        return False
+
     def _fail(self, exc: BaseException) -> None:
         """The volume failed (in a commit or one of its threads): writes raise from now
         on, so those waiting for room are called back."""

@@ -33,6 +33,10 @@ Theory of operation:
   It is held back instead, with the events after it, and reading from its connection
   pauses; the volume calls back when there is room (``when_room``, through
   ``call_soon_threadsafe``) and they run then, in order. Other connections go on.
+  While reading is paused the host's giving up goes unseen, so a new login of the same
+  initiator port (InitiatorName and ISID) ends the old session at once (session
+  reinstatement, RFC 7143 section 6.3.5): its held writes never land after the host
+  moved on.
 - Flow control (uvicorn ``flow_control.py``): reading pauses while the transport's write
   buffer is above its high-water mark or the send backlog above sending.BACKLOG_HIGH (an
   initiator that does not read its Data-In must not make us queue reads without bound),
@@ -54,7 +58,7 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import cast
@@ -138,6 +142,8 @@ class IscsiProtocol(asyncio.BufferedProtocol):
         self._carried = 0  # bytes at the front of the buffer carried over
         # Events held back behind a write waiting for room in its volume's write buffer.
         self._held: list[Event] | None = None
+        # While events are held: the LU and the callback it is to call when there is room.
+        self._room_wait: tuple[LogicalUnit, Callable[[], None]] | None = None
         self._luns: Mapping[int, LogicalUnit] = {}
         self._nexus: Nexus | None = None  # set at login, cleared once its loss is reported
         self.flushing: set[asyncio.Future[ScsiResponse]] = set()
@@ -204,7 +210,7 @@ class IscsiProtocol(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.sender is not None:
             self.sender.lost()
-        self._held = None  # the connection's tasks are gone (ERL 0): so are their writes
+        self._drop_held()
         conn = self.conn
         if conn is not None:
             self._handle(conn.receive_eof())
@@ -213,6 +219,24 @@ class IscsiProtocol(asyncio.BufferedProtocol):
         self.server.connections.discard(self)
         if not self.closed.done():
             self.closed.set_result(None)
+
+    def end_session(self, reason: str) -> None:
+        """End this connection now, its session with it (session reinstatement): the
+        events held back never run and its I_T nexus is lost at once, before the new
+        session's first command; what it sent is not read, what it was sent is not."""
+        log.info("closing iSCSI connection: %s", reason)
+        self._drop_held()
+        self._nexus_lost()
+        self.abort()
+
+    def _drop_held(self) -> None:
+        """The connection's tasks are gone (ERL 0), the held writes with them: nothing
+        waits for room for them any more."""
+        self._held = None
+        if self._room_wait is not None:
+            lu, room = self._room_wait
+            self._room_wait = None
+            lu.cancel_room_wait(room)
 
     # --- events -----------------------------------------------------------------------------
 
@@ -230,6 +254,7 @@ class IscsiProtocol(asyncio.BufferedProtocol):
                 assert conn is not None
                 self._nexus = conn.nexus
                 self._luns = cast(Mapping[int, LogicalUnit], conn.luns)
+                self.server.reinstate(self)
             elif isinstance(event, TaskManagement):
                 self._task_management(event)
             elif isinstance(event, LoggedOut):
@@ -279,12 +304,14 @@ class IscsiProtocol(asyncio.BufferedProtocol):
             with contextlib.suppress(RuntimeError):  # the loop is closed: nothing waits
                 loop.call_soon_threadsafe(self._release_held)
 
+        self._room_wait = (lu, room)
         lu.when_room(room)
 
     def _release_held(self) -> None:
         """Room in the write buffer: run the held events, in order, until one waits
         again."""
         events, self._held = self._held, None
+        self._room_wait = None
         conn = self.conn
         if events is None or self._closing or conn is None:
             return
@@ -420,6 +447,19 @@ class IscsiServer:
     def sessions(self) -> list[Nexus]:
         """The I_T nexus of every logged-in normal session on this portal."""
         return [p.nexus for p in self.connections if p.nexus is not None]
+
+    def reinstate(self, new: IscsiProtocol) -> None:
+        """``new`` logged in as the initiator port of a live session (InitiatorName and
+        ISID, to the same target): session reinstatement (RFC 7143 section 6.3.5). The
+        host has given the old session up, usually after a timeout it did not see the
+        end of; its tasks end now, so that a write it held back for room cannot land
+        after the host moved on."""
+        nexus = new.nexus
+        if nexus is None:
+            return
+        for old in [p for p in self.connections if p is not new and p.nexus == nexus]:
+            old.end_session(f"session reinstated by a new login of {nexus.initiator_name}"
+                      f" (ISID {nexus.isid.hex()})")
 
     def drop_sessions(self, target_iqn: str) -> int:
         """Close every connection logged in to ``target_iqn`` (a forced offline: hosts

@@ -203,6 +203,7 @@ class LogicalUnit:
         # A device with a write buffer that can be full (Volume): waits_for_room.
         self._has_room = getattr(device, "has_room", None)
         self._when_room = getattr(device, "when_room", None)
+        self._cancel_room_wait = getattr(device, "cancel_room_wait", None)
         self.identity = Identity(uuid, product=product, target_name=target_name)
         self.mode = ModeState()
         self.unit_attentions = UnitAttentions()
@@ -303,6 +304,12 @@ class LogicalUnit:
             callback()
         else:
             when(callback)
+
+    def cancel_room_wait(self, callback: Callable[[], object]) -> None:
+        """Forget a ``when_room`` callback whose caller went away (any thread). See
+        ``Volume.cancel_room_wait``."""
+        if self._cancel_room_wait is not None:
+            self._cancel_room_wait(callback)
 
     def fast_io(self, cmd: ScsiCommand) -> ScsiResponse | None:
         """READ/WRITE (10)/(16) in the plain case, without building the decoded CDB and

@@ -183,6 +183,42 @@ def test_a_caller_that_must_not_wait_is_called_back_when_there_is_room(
         vol.close()
 
 
+def test_a_room_wait_cancelled_is_never_called_back(tmp_path: Path) -> None:
+    """A ``when_room`` caller that went away (a dropped connection) cancels: the volume
+    lets its callback go at once, counts the time it waited, and never calls it; others
+    waiting still are. Cancelling again, or what was never registered, says False."""
+    files = GatedFiles()
+    vol = make(tmp_path, files, commit_interval=0.05)
+    try:
+        files.shut()
+        fill(vol)
+        calls: list[str] = []
+
+        def gone() -> None:
+            calls.append("gone")
+
+        def staying() -> None:
+            calls.append("staying")
+
+        vol.when_room(gone)
+        vol.when_room(staying)
+        time.sleep(0.2)
+        assert vol.cancel_room_wait(gone)
+        assert [w for w, _ in vol._room_waiters] == [staying]
+        assert vol.buffer_full_ns >= 0.15e9  # the cancelled one's wait counts
+        assert not vol.cancel_room_wait(gone)
+        assert not vol.cancel_room_wait(lambda: None)
+        files.ungate()
+        assert wait_until(lambda: calls), "no call back once the apply let slabs go"
+        vol.flush()
+        time.sleep(0.1)
+        assert calls == ["staying"]
+        assert vol.buffer_full_waits == 2
+    finally:
+        files.ungate()
+        vol.close()
+
+
 def test_a_volume_that_goes_away_calls_back_those_waiting_for_room(tmp_path: Path) -> None:
     """Closing (here abandoning, as a crash would) a volume whose buffer is full calls
     back every ``when_room`` waiter; its next write then raises instead of waiting."""

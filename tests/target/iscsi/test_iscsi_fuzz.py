@@ -16,6 +16,7 @@ sees); those go to SCRATCH, where any CDB is fair.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import socket
 import threading
 import uuid
@@ -59,6 +60,9 @@ HARMLESS = [0x00, 0x03, 0x08, 0x12, 0x1A, 0x25, 0x28, 0x2F, 0x5A, 0x88, 0x8F, 0x
             0xA8, 0xAF]  # fmt: skip
 
 
+_ISIDS = itertools.count(9)
+
+
 class SyncClient:
     """A blocking initiator made of the PDU classes (enough for login, commands, pings)."""
 
@@ -88,7 +92,10 @@ class SyncClient:
     def login(self, target: str) -> None:
         text = {"InitiatorName": INITIATOR, "TargetName": target,
                 "MaxRecvDataSegmentLength": "65536"}  # fmt: skip
-        self.send(LoginRequest(transit=True, csg=1, nsg=3, isid=bytes.fromhex("800000000009"),
+        # An ISID of its own: a second login with a live session's ISID would reinstate
+        # (end) that session, and the bystander must stay.
+        isid = (0x800000000000 + next(_ISIDS)).to_bytes(6, "big")
+        self.send(LoginRequest(transit=True, csg=1, nsg=3, isid=isid,
                                itt=self.next_itt(), cmdsn=self.cmdsn,
                                data=encode_text(text.items())))  # fmt: skip
         answer = self.recv()

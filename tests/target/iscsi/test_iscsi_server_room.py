@@ -200,3 +200,45 @@ def test_a_long_hold_is_not_taken_for_a_silent_initiator(tmp_path: Path) -> None
         await server.wait_closed()
 
     run_two(tmp_path, scenario)
+
+
+
+def test_a_new_login_of_the_same_initiator_port_ends_a_held_session(tmp_path: Path) -> None:
+    """Session reinstatement (RFC 7143 section 6.3.5) while a write of the old session
+    waits for room: the new login (same InitiatorName and ISID, TSIH 0) ends the old
+    connection at once, the volume lets go of its room wait, and the held write never
+    lands, even once there is room: the host gave it up and moved on."""
+
+    async def scenario(held: Volume, files: HeldPrimary, other: Volume) -> None:
+        server = await serve_two(held, other)
+        isid = "800000000002"
+        old = await login(server, isid, (0,))
+        lba = fill(held) * (MiB // BLOCK)
+        payload = b"\x55" * 8192
+        old.start(write10(lba, len(payload) // BLOCK), data=payload)
+        await asyncio.sleep(0.3)
+        assert len(held._room_waiters) == 1, "the write did not wait for room"
+        waits_ns = held.buffer_full_ns
+
+        new = await login(server, isid, (0,))
+        assert await asyncio.wait_for(old.reader.read(), TIMEOUT) == b"", "old one open"
+        await old.close()
+        assert held._room_waiters == [], "the ended session still waits for room"
+        assert held.buffer_full_ns > waits_ns  # its wait is counted all the same
+        assert len(server.sessions()) == 1
+
+        files.released.set()
+        held.flush()  # room, and everything before it applied
+        await asyncio.sleep(0.3)  # a held write would have run by now
+        blocks = len(payload) // BLOCK
+        reply = await new.command(read10(lba, blocks), read=len(payload))
+        assert reply.status == 0 and reply.data == bytes(len(payload)), "the held write ran"
+        reply = await new.command(write10(lba, blocks), data=b"\x66" * len(payload))
+        assert reply.status == 0
+        reply = await new.command(read10(lba, blocks), read=len(payload))
+        assert reply.data == b"\x66" * len(payload)
+        await new.close()
+        server.close()
+        await server.wait_closed()
+
+    run_two(tmp_path, scenario)
