@@ -32,6 +32,7 @@ import asyncio
 import collections
 import logging
 import os
+import select
 import socket
 from collections.abc import Iterable, Sequence
 from typing import cast
@@ -50,6 +51,9 @@ log = logging.getLogger(__name__)
 BACKLOG_HIGH = 8 << 20
 BACKLOG_LOW = 2 << 20
 _BACKLOG = "send backlog"
+# The peer sent FIN (RDHUP), or the connection is reset or broken (HUP, ERR: reported
+# whether asked for or not).
+_PEER_GONE = getattr(select, "POLLRDHUP", 0) | select.POLLHUP | select.POLLERR
 _MORE = getattr(socket, "MSG_MORE", 0)  # Linux: hold a header back for the data after it
 try:
     _IOV_MAX = os.sysconf("SC_IOV_MAX")
@@ -146,6 +150,17 @@ class Sender:
             self._close_after_backlog = True
         else:
             self._transport.close()  # sends what the transport still holds, then closes
+
+    def peer_closed(self) -> bool:
+        """Whether the host has closed or reset the connection, seen without reading
+        from it (reading may be paused): poll(2) on our socket, not waiting. False when
+        we have no socket of our own."""
+        sock = self._sock
+        if sock is None:
+            return False
+        poller = select.poll()
+        poller.register(sock.fileno(), _PEER_GONE)
+        return bool(poller.poll(0))
 
     def lost(self) -> None:
         """The connection is gone: forget what waits, let our socket go."""

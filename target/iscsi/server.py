@@ -33,10 +33,10 @@ Theory of operation:
   It is held back instead, with the events after it, and reading from its connection
   pauses; the volume calls back when there is room (``when_room``, through
   ``call_soon_threadsafe``) and they run then, in order. Other connections go on.
-  While reading is paused the host's giving up goes unseen, so a new login of the same
-  initiator port (InitiatorName and ISID) ends the old session at once (session
-  reinstatement, RFC 7143 section 6.3.5): its held writes never land after the host
-  moved on.
+  While reading is paused the host's giving up goes unseen: each tick polls a holding
+  connection's socket for the host's close, and a new login of the same initiator port
+  (InitiatorName and ISID) ends the old session at once (session reinstatement, RFC 7143
+  section 6.3.5). Either way the held writes never land after the host moved on.
 - Flow control (uvicorn ``flow_control.py``): reading pauses while the transport's write
   buffer is above its high-water mark or the send backlog above sending.BACKLOG_HIGH (an
   initiator that does not read its Data-In must not make us queue reads without bound),
@@ -393,6 +393,11 @@ class IscsiProtocol(asyncio.BufferedProtocol):
         if conn is None or self._closing:
             return
         flow = self._flow
+        if self._held is not None and self.sender is not None and self.sender.peer_closed():
+            # Reading is paused, so the loss would go unseen until room comes, and the
+            # write the host gave up would land then.
+            self.end_session("the host closed the connection while a write waited for room")
+            return
         self._handle(conn.tick(now, idle=flow is None or not flow.paused_for(_ROOM, _FLUSHES)))
         self._send()
 

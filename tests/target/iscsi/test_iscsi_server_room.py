@@ -242,3 +242,37 @@ def test_a_new_login_of_the_same_initiator_port_ends_a_held_session(tmp_path: Pa
         await server.wait_closed()
 
     run_two(tmp_path, scenario)
+
+
+def test_a_host_that_closes_while_its_write_waits_for_room_is_seen_to_go(
+    tmp_path: Path,
+) -> None:
+    """Reading is paused while a write waits for room, so the host's close is not read;
+    the server's tick sees it on the socket instead and ends the session: the volume lets
+    go of its room wait, and the given-up write never lands once there is room."""
+
+    async def scenario(held: Volume, files: HeldPrimary, other: Volume) -> None:
+        server = await serve_two(held, other)
+        client = await login(server, "800000000002", (0,))
+        lba = fill(held) * (MiB // BLOCK)
+        payload = b"\x55" * 8192
+        client.start(write10(lba, len(payload) // BLOCK), data=payload)
+        await asyncio.sleep(0.3)
+        assert len(held._room_waiters) == 1, "the write did not wait for room"
+        started = time.monotonic()
+        await client.close()
+        while held._room_waiters and time.monotonic() - started < GATE_WAIT / 2:
+            await asyncio.sleep(0.05)
+        assert held._room_waiters == [], "the closed connection still waits for room"
+        assert server.sessions() == []
+        files.released.set()
+        held.flush()
+        await asyncio.sleep(0.3)
+        again = await login(server, "800000000005", (0,))
+        reply = await again.command(read10(lba, len(payload) // BLOCK), read=len(payload))
+        assert reply.status == 0 and reply.data == bytes(len(payload)), "the held write ran"
+        await again.close()
+        server.close()
+        await server.wait_closed()
+
+    run_two(tmp_path, scenario)
