@@ -221,9 +221,10 @@ class IscsiProtocol(asyncio.BufferedProtocol):
             self.closed.set_result(None)
 
     def end_session(self, reason: str) -> None:
-        """End this connection now, its session with it (session reinstatement): the
-        events held back never run and its I_T nexus is lost at once, before the new
-        session's first command; what it sent is not read, what it was sent is not."""
+        """End this connection now, its session with it (session reinstatement, or a
+        host seen gone while a write waited for room): the events held back never run
+        and its I_T nexus is lost at once, before a new session's first command; what it
+        sent is not read, what it was sent is not."""
         log.info("closing iSCSI connection: %s", reason)
         self._drop_held()
         self._nexus_lost()
@@ -464,7 +465,7 @@ class IscsiServer:
             return
         for old in [p for p in self.connections if p is not new and p.nexus == nexus]:
             old.end_session(f"session reinstated by a new login of {nexus.initiator_name}"
-                      f" (ISID {nexus.isid.hex()})")
+                            f" (ISID {nexus.isid.hex()})")
 
     def drop_sessions(self, target_iqn: str) -> int:
         """Close every connection logged in to ``target_iqn`` (a forced offline: hosts
